@@ -1,0 +1,50 @@
+# Everything installs from this file and pyproject.toml; slow builds are cached outside the repo.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CACHE_DIR ?= $(HOME)/.cache/rerank-operator
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
+
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+.PHONY: setup lint format test test-unit test-cluster control-plane cluster-up cluster-down demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[all,dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+control-plane:
+	@bash hack/control-plane.sh build
+
+test: setup lint control-plane
+	$(BIN)/pytest
+
+test-unit: setup
+	$(BIN)/pytest -m 'not cluster and not e2e'
+
+test-cluster: setup control-plane
+	$(BIN)/pytest -m 'cluster or e2e'
+
+cluster-up: setup control-plane
+	@$(BIN)/python -m tests.controlplane up
+
+cluster-down: setup
+	@$(BIN)/python -m tests.controlplane down
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
