@@ -41,10 +41,13 @@ test-cluster: setup control-plane
 	$(BIN)/pytest -m 'cluster or e2e'
 
 cluster-up: setup control-plane
-	@$(BIN)/python -m tests.controlplane up
+	@$(BIN)/python -m tests.support.controlplane up
 
 cluster-down: setup
-	@$(BIN)/python -m tests.controlplane down
+	@$(BIN)/python -m tests.support.controlplane down
+
+demo: setup
+	@bash hack/demo.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
