@@ -1,0 +1,1 @@
+"""Session fixtures that build test models and exported repositories (filled in below)."""
