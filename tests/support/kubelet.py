@@ -296,7 +296,9 @@ class _Mounter:
         self._libc = ctypes.CDLL(None, use_errno=True)
         self.scratch = scratch
         self.root = "/"
-        self._owned: list[PurePosixPath] = []  # container paths whose contents are private to this sandbox
+        self._private: set[PurePosixPath] = set()
+        self._volumes: list[PurePosixPath] = []
+        self._tmpfs_devices: set[int] = set()  # st_dev of every tmpfs this sandbox mounted
         self._counter = itertools.count()
 
     def mount(
@@ -310,6 +312,11 @@ class _Mounter:
         if result != 0:
             errno = ctypes.get_errno()
             raise OSError(errno, f"mount {source} -> {target}: {os.strerror(errno)}")
+
+    def mount_scratch(self) -> None:
+        """A private tmpfs for the sandbox's own bookkeeping (and the new root, when one is needed)."""
+        self.mount("tmpfs", str(self.scratch), "tmpfs", 0, "mode=700")
+        self._tmpfs_devices.add(self.scratch.stat().st_dev)
 
     def host(self, path: PurePosixPath) -> Path:
         """Where a container path is, seen from the sandbox process before chroot."""
@@ -343,8 +350,11 @@ class _Mounter:
             current = candidate
         return current, []
 
-    def _covered(self, path: PurePosixPath) -> bool:
-        return any(path == owned or owned in path.parents for owned in self._owned)
+    def _writable(self, path: PurePosixPath) -> bool:
+        # Private: a directory whose own entries live in our tmpfs (a shadowed directory, or one we created in
+        # such a directory) — its subdirectories that are binds of host directories are NOT private. A volume
+        # is writable throughout.
+        return path in self._private or any(path == v or v in path.parents for v in self._volumes)
 
     def _populate(self, source_dir: Path, target_dir: Path) -> None:
         # Re-create every entry of source_dir in target_dir (a fresh tmpfs) as a bind mount or symlink.
@@ -361,7 +371,7 @@ class _Mounter:
 
     def shadow(self, path: PurePosixPath) -> None:
         """Make directory ``path`` writable in this namespace only: a tmpfs over it re-binds its entries."""
-        if self._covered(path):
+        if self._writable(path):
             return
         if path == PurePosixPath("/"):
             new_root = self.scratch / "root"
@@ -374,15 +384,16 @@ class _Mounter:
             original.mkdir()
             self.mount(str(host_path), str(original), None, _MS_BIND | _MS_REC)
             self.mount("tmpfs", str(host_path), "tmpfs", 0, "mode=755")
+            self._tmpfs_devices.add(host_path.stat().st_dev)
             host_path.chmod(original.stat().st_mode & 0o7777)
             self._populate(original, host_path)
-        self._owned.append(path)
+        self._private.add(path)
 
     def needs_new_root(self, path: str) -> bool:
         """True when ``path`` cannot be created without changing ``/`` itself."""
         root = PurePosixPath("/")
         existing, missing = self.resolve(path)
-        return bool(missing) and existing == root and not self._covered(root)
+        return bool(missing) and existing == root and not self._writable(root)
 
     def ensure(self, path: str, is_dir: bool) -> Path:
         """Make ``path`` exist in this namespace (never on the host); returns its sandbox-side path."""
@@ -392,9 +403,14 @@ class _Mounter:
         self.shadow(existing)
         current = existing
         for index, part in enumerate(missing):
+            # Last line of defence: never create anything in a directory of the host's file systems.
+            in_volume = any(current == v or v in current.parents for v in self._volumes)
+            if not in_volume and self.host(current).stat().st_dev not in self._tmpfs_devices:
+                raise OSError(f"refusing to create {current / part}: {current} is not private to the pod")
             current = current / part
             if index < len(missing) - 1 or is_dir:
                 self.host(current).mkdir()
+                self._private.add(current)
             else:
                 self.host(current).touch()
         return self.host(current)
@@ -408,7 +424,7 @@ class _Mounter:
             self.mount("none", str(target), None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY)
         if is_dir:
             # Writes below a volume go to the volume (nested mount points are created there, as on a node).
-            self._owned.append(self.resolve(path)[0])
+            self._volumes.append(self.resolve(path)[0])
 
 
 def _sandbox_main(spec_path: str) -> NoReturn:
@@ -422,7 +438,7 @@ def _sandbox_main(spec_path: str) -> NoReturn:
         if Path("/proc/self/ns/mnt").stat().st_ino == spec["host_mount_namespace"]:
             raise OSError("refusing to mount: not inside a private mount namespace")
         mounter = _Mounter(Path(spec["scratch"]))
-        mounter.mount("tmpfs", spec["scratch"], "tmpfs", 0, "mode=700")
+        mounter.mount_scratch()
         mounts = sorted(spec["mounts"], key=lambda m: m["path"].rstrip("/").count("/"))
         working_dir = spec.get("working_dir") or "/"
         if any(mounter.needs_new_root(p) for p in [*(m["path"] for m in mounts), working_dir]):
