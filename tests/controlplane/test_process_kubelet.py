@@ -157,7 +157,7 @@ def test_deployment_pod_becomes_ready_through_its_http_probe(
                                 "-c",
                                 "echo $(POD_NAME) > /srv/index.html && "
                                 "exec python -m http.server 8000 --directory /srv",
-                            ],  # fmt: skip
+                            ],
                             "env": [
                                 {
                                     "name": "POD_NAME",
@@ -181,7 +181,7 @@ def test_deployment_pod_becomes_ready_through_its_http_probe(
 
     def available() -> bool:
         status = kube_rest.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/web").get("status", {})
-        return status.get("availableReplicas") == 2
+        return bool(status.get("availableReplicas") == 2)
 
     wait_for(available, 60, "the Deployment to have 2 available replicas")
     pods = pods_of(kube_rest, namespace, "app=web")
