@@ -254,13 +254,15 @@ class ManagedProcess:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the group, wait up to ``timeout`` seconds, then SIGKILL it."""
-        if self.alive():
+        was_alive = self.alive()
+        if was_alive:
             self.signal_group(signal.SIGTERM)
             deadline = time.monotonic() + timeout
             while self.alive() and time.monotonic() < deadline:
                 time.sleep(0.05)
-        # Kill the group even when the leader is gone: a child it left behind would still be in it.
-        self.signal_group(signal.SIGKILL)
+        if was_alive or self.popen is not None:
+            # Kill the group even when the leader is gone: a child it left behind would still be in it.
+            self.signal_group(signal.SIGKILL)
         if self.popen is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout=5)
@@ -268,6 +270,15 @@ class ManagedProcess:
             deadline = time.monotonic() + 5
             while self.alive() and time.monotonic() < deadline:
                 time.sleep(0.05)
+
+    def reaped(self) -> bool:
+        """True once no trace of the process is left (not even a zombie waiting for its parent)."""
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return True
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        return comm != Path(self.binary).name[:15]
 
     def tail(self, lines: int = 15) -> str:
         """Last lines of the process log, for error messages."""
@@ -368,7 +379,8 @@ class ControlPlane:
                 start_new_session=True,  # own process group, so the whole group can be signalled
                 preexec_fn=None if self.detached else _set_parent_death_signal,
             )
-        process = ManagedProcess(name, popen.pid, binary, log_path, None if self.detached else popen)
+        # Keep the Popen even when detached: /proc checks would race with the exec right after fork.
+        process = ManagedProcess(name, popen.pid, binary, log_path, popen)
         self.processes.append(process)
         return process
 
@@ -623,8 +635,14 @@ def _cmd_down(state_dir: Path) -> int:
     if plane is None:
         print(f"controlplane: nothing running (no {state_dir / STATE_FILE_NAME})", file=sys.stderr)
         return 0
+    processes = list(plane.processes)
     _stop_recorded(plane)
-    leftovers = [p.name for p in plane.processes if p.alive()]
+    # Detached processes were adopted by init, which reaps them on its own schedule: wait for that, so that
+    # "down" returning means no process (not even a zombie) is left.
+    deadline = time.monotonic() + 10
+    while not all(p.reaped() for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    leftovers = [p.name for p in processes if p.alive()]
     if leftovers:
         print(f"controlplane: error: still running: {', '.join(leftovers)}", file=sys.stderr)
         return 1
