@@ -199,6 +199,17 @@ def _load_documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
+def _serves_resources(kube_rest: KubeRest, crd: dict[str, Any]) -> bool:
+    # Established can precede the moment the new REST endpoint answers; list once to be sure it does.
+    spec = crd["spec"]
+    version = next(v["name"] for v in spec["versions"] if v.get("served"))
+    try:
+        kube_rest.get(f"/apis/{spec['group']}/{version}/{spec['names']['plural']}", limit="1")
+    except KubeApiError:
+        return False
+    return True
+
+
 @pytest.fixture(scope="session")
 def install_crds(kube_rest: KubeRest) -> Callable[..., list[str]]:
     """``install_crds(*paths)``: server-side apply CRD files (multi-document YAML), wait until Established."""
@@ -222,8 +233,10 @@ def install_crds(kube_rest: KubeRest) -> Callable[..., list[str]]:
         for name in names:
             while True:
                 crd = kube_rest.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-                conditions = {c["type"]: c["status"] for c in crd.get("status", {}).get("conditions", [])}
-                if conditions.get("Established") == "True":
+                conditions = {
+                    c["type"]: c["status"] for c in (crd.get("status") or {}).get("conditions") or []
+                }
+                if conditions.get("Established") == "True" and _serves_resources(kube_rest, crd):
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"CRD {name} not Established after {timeout}s: {conditions}")
