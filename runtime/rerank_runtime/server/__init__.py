@@ -1,0 +1,1 @@
+"""`rerank-serve`: the Cohere-compatible HTTP server (FastAPI) in front of the engine."""

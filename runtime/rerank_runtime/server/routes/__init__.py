@@ -1,0 +1,1 @@
+"""HTTP routers: rerank (Cohere, OVMS and TEI paths), health and model metadata, metrics."""
