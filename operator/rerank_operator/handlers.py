@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -19,6 +20,13 @@ TIMER_TICK_SECONDS = 1.0
 _locks_guard = threading.Lock()
 
 
+class QuietTimerTicks(logging.Filter):
+    """Drops kopf's "Timer ... succeeded." line, logged on every tick (most ticks do nothing)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timer 'on_timer' succeeded" not in record.getMessage()
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Read the operator's settings once and build the one API client every handler shares."""
@@ -30,6 +38,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = 40  # kopf's own per-handler Events only for errors; ours describe transitions
     settings.watching.server_timeout = 300
+    logging.getLogger("kopf.objects").addFilter(QuietTimerTicks())
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per pod poll otherwise
 
 
 def _lock(memo: kopf.Memo) -> threading.Lock:

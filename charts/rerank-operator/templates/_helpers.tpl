@@ -39,3 +39,8 @@ app.kubernetes.io/instance: {{ .Release.Name | trunc 63 | trimSuffix "-" }}
 {{- default "default" .Values.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/* Name of the cluster-wide discovery role: the full name shortened so the suffix fits in 63 characters. */}}
+{{- define "rerank-operator.discoveryName" -}}
+{{- printf "%s-discovery" (include "rerank-operator.fullname" . | trunc 53 | trimSuffix "-") }}
+{{- end }}
