@@ -40,7 +40,7 @@ class InferenceRunner:
             raise ValueError(f"model inputs lack {sorted(missing)}")
         self.compiled = core.compile_model(model, "CPU", compile_config(precision, num_streams))
         self.capacity = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         self._queue = ov.AsyncInferQueue(self.compiled, self.capacity)
         self._queue.set_callback(self._on_done)
 
