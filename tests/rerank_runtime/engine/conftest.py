@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ def xlmr_repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str
 
 @dataclass(frozen=True)
 class TokenizerCase:
-    """An exported version's text tokenizer and pair template next to the Hugging Face tokenizer it came from."""
+    """An exported version's text tokenizer and pair template beside the Hugging Face tokenizer."""
 
     kind: str
     text_tokenizer: TextTokenizer

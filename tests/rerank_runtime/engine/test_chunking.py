@@ -51,7 +51,20 @@ def test_padded_batch_equals_hugging_face_padded_batch(tokenizer_case: Tokenizer
 
 
 def _long_text(words: int) -> str:
-    vocabulary = "river city model search ranking document query answer paris france engine test".split()
+    vocabulary = [
+        "river",
+        "city",
+        "model",
+        "search",
+        "ranking",
+        "document",
+        "query",
+        "answer",
+        "paris",
+        "france",
+        "engine",
+        "test",
+    ]
     return " ".join(vocabulary[i % len(vocabulary)] for i in range(words))
 
 
@@ -94,7 +107,7 @@ def test_long_query_keeps_at_most_half_the_context(tokenizer_case: TokenizerCase
 
 
 def test_max_chunks_and_max_tokens_limit_the_windows(tokenizer_case: TokenizerCase) -> None:
-    """`max_chunks_per_doc` keeps the first windows; `max_tokens_per_doc` cuts the document before windowing."""
+    """`max_chunks_per_doc` keeps the first windows; `max_tokens_per_doc` cuts the document first."""
     template = tokenizer_case.template
     query_ids, doc_ids = tokenizer_case.text_tokenizer.encode(["query", _long_text(3000)])
     all_rows = template.rows(query_ids, doc_ids)

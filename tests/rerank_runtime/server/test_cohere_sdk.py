@@ -70,7 +70,7 @@ def test_cohere_v2_client(
     _check_ranking(response.results, hf_scores(QUERY, DOCUMENTS), 4)
     for result in response.results:
         assert result.document is not None
-        assert result.document == {"text": DOCUMENTS[result.index]}  # type: ignore[attr-defined]
+        assert result.document == {"text": DOCUMENTS[result.index]}
 
 
 def test_object_documents_with_rank_fields(
@@ -105,7 +105,7 @@ def test_object_documents_with_rank_fields(
 def test_auto_precision_difference(minilm_repository: tuple[Path, str], hf_scores: HfScorer) -> None:
     """`--precision auto` (bf16 on this CPU) stays close to HF; the largest difference is printed."""
     root, name = minilm_repository
-    documents = DOCUMENTS + ["Lyon is a large city in France.", "Paris Hilton is a media personality."]
+    documents = [*DOCUMENTS, "Lyon is a large city in France.", "Paris Hilton is a media personality."]
     with live_server(server_settings(root, models=[name], precision="auto")) as server:
         client = cohere.ClientV2(api_key=API_KEY, base_url=server.base_url)
         response = client.rerank(model=name, query=QUERY, documents=documents)
