@@ -236,3 +236,101 @@ def test_deleted_pod_process_is_killed(
 
     wait_for(gone, 30, "the pod object to be removed")
     assert not Path(f"/proc/{pid}").exists()
+
+
+API_CALLER = """
+import json, os, pathlib, ssl, urllib.error, urllib.request
+account = pathlib.Path('/var/run/secrets/kubernetes.io/serviceaccount')
+namespace = (account / 'namespace').read_text()
+url = 'https://{}:{}/api/v1/namespaces/{}/secrets'.format(
+    os.environ['KUBERNETES_SERVICE_HOST'], os.environ['KUBERNETES_SERVICE_PORT'], namespace)
+request = urllib.request.Request(url, headers={'Authorization': 'Bearer ' + (account / 'token').read_text()})
+context = ssl.create_default_context(cafile=str(account / 'ca.crt'))
+try:
+    urllib.request.urlopen(request, context=context)
+    answer = 'allowed'
+except urllib.error.HTTPError as error:
+    answer = json.load(error)['message']
+pathlib.Path('/dev/termination-log').write_text(json.dumps({
+    'token_file': pathlib.Path('/etc/hf/token').read_text(),
+    'token_env': os.environ['HF_TOKEN'],
+    'api': answer,
+}))
+"""
+
+
+def test_pod_waits_for_its_secret_and_uses_its_service_account_token(
+    kube_rest: KubeRest, namespace: str, process_kubelet: ProcessKubelet
+) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "caller"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "x",
+                    "command": ["python", "-c", API_CALLER],
+                    "env": [
+                        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+                    ],
+                    "volumeMounts": [{"name": "hf", "mountPath": "/etc/hf", "readOnly": True}],
+                }
+            ],
+            "volumes": [{"name": "hf", "secret": {"secretName": "hf"}}],
+        },
+    }
+    kube_rest.request("POST", f"/api/v1/namespaces/{namespace}/pods", pod)
+
+    def waiting_reason() -> str | None:
+        status = kube_rest.get(f"/api/v1/namespaces/{namespace}/pods/caller").get("status", {})
+        statuses = status.get("containerStatuses") or [{}]
+        reason: str | None = statuses[0].get("state", {}).get("waiting", {}).get("reason")
+        return reason
+
+    assert wait_for(waiting_reason, 30, "the pod to wait") == "CreateContainerConfigError"
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "hf"},
+        "stringData": {"token": "hf_abc"},
+    }
+    kube_rest.request("POST", f"/api/v1/namespaces/{namespace}/secrets", secret)
+
+    def finished() -> dict[str, Any] | None:
+        status: dict[str, Any] = kube_rest.get(f"/api/v1/namespaces/{namespace}/pods/caller")["status"]
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    status = wait_for(finished, 30, "the pod to finish")
+    assert status["phase"] == "Succeeded", process_kubelet.logs(namespace, "caller")
+    report = json.loads(status["containerStatuses"][0]["state"]["terminated"]["message"])
+    assert report["token_file"] == report["token_env"] == "hf_abc"
+    # The API server authenticated the projected token as the ServiceAccount, which may not list Secrets.
+    assert f'"system:serviceaccount:{namespace}:default" cannot list resource "secrets"' in report["api"]
+
+
+def test_crashing_container_of_a_deployment_pod_is_restarted(
+    kube_rest: KubeRest, namespace: str, process_kubelet: ProcessKubelet
+) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "crasher"},
+        "spec": {
+            "containers": [{"name": "main", "image": "x", "command": ["python", "-c", "raise SystemExit(4)"]}]
+        },
+    }
+    kube_rest.request("POST", f"/api/v1/namespaces/{namespace}/pods", pod)
+
+    def restarted_twice() -> dict[str, Any] | None:
+        status = kube_rest.get(f"/api/v1/namespaces/{namespace}/pods/crasher").get("status", {})
+        statuses = status.get("containerStatuses") or [{}]
+        return statuses[0] if statuses[0].get("restartCount", 0) >= 2 else None
+
+    container = wait_for(restarted_twice, 30, "two restarts")
+    assert container["lastState"]["terminated"]["exitCode"] == 4
+    pod_status = kube_rest.get(f"/api/v1/namespaces/{namespace}/pods/crasher")["status"]
+    assert pod_status["phase"] == "Running"
+    assert {c["type"]: c["status"] for c in pod_status["conditions"]}["Ready"] == "False"
