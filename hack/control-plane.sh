@@ -90,6 +90,12 @@ case "${1:-build}" in
     missing=0
     for b in etcd kube-apiserver kube-controller-manager kubectl helm; do [ -x "$BIN_DIR/$b" ] || missing=1; done
     if [ "$missing" = 1 ]; then
+      # Two test sessions (or make targets) may ask at once: one builds, the other waits and reuses.
+      exec 9>"$CACHE_DIR/build.lock"
+      if command -v flock >/dev/null 2>&1 && ! flock -n 9; then
+        echo "control-plane: another build is running; waiting for it" >&2
+        flock 9
+      fi
       start=$(date +%s)
       need_go
       build_etcd

@@ -623,6 +623,7 @@ class _PodWorker(threading.Thread):
         self.failed_init = False
         self.conditions: dict[str, JsonObject] = {}
         self.published: JsonObject | None = None
+        self.publish_retry_at = 0.0
         self.deleting = threading.Event()
         self.gone = threading.Event()
         self.stop_requested = threading.Event()
@@ -684,9 +685,10 @@ class _PodWorker(threading.Thread):
                 self.volume_paths[volume["name"]] = self.kubelet.volumes.materialize(self, volume)
             for container in [*self.init_containers, *self.containers]:
                 self.env[container.name] = self.kubelet.environment.build(self, container.spec)
-        except _ConfigError as error:
+        except (_ConfigError, KubeApiError) as error:
+            reason = error.reason if isinstance(error, _ConfigError) else "CreateContainerConfigError"
             for container in [*self.init_containers, *self.containers]:
-                container.state = {"waiting": {"reason": error.reason, "message": str(error)}}
+                container.state = {"waiting": {"reason": reason, "message": str(error)}}
             return
         self.volumes_ready = True
         for container in [*self.init_containers, *self.containers]:
@@ -1060,6 +1062,8 @@ class _PodWorker(threading.Thread):
         comparable = json.dumps(status, sort_keys=True)
         if self.published is not None and json.dumps(self.published, sort_keys=True) == comparable:
             return
+        if time.monotonic() < self.publish_retry_at:
+            return
         try:
             self.kubelet.rest.request(
                 "PATCH",
@@ -1068,11 +1072,19 @@ class _PodWorker(threading.Thread):
                 content_type="application/merge-patch+json",
             )
         except KubeApiError as error:
-            if error.status in (404, 409):
+            if error.status == 404:
                 self.deleted()
                 return
-            raise
+            self._publish_failed(f"status update rejected: {error}")
+            return
+        except Exception as error:  # connection trouble: the API server may be restarting; try again
+            self._publish_failed(f"status update failed: {error!r}")
+            return
         self.published = status
+
+    def _publish_failed(self, message: str) -> None:
+        self.kubelet.record_error(f"{self.namespace}/{self.pod_name}: {message}")
+        self.publish_retry_at = time.monotonic() + 1.0
 
 
 class _ConfigError(Exception):
