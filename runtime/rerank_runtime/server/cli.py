@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -54,6 +57,13 @@ class DrainingServer(uvicorn.Server):
         self._service = service
         self._shutdown_delay = shutdown_delay
         self._exit_timer: threading.Timer | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            # A drained shutdown on SIGTERM is a clean exit (status 0); uvicorn would re-raise the signal.
+            self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._service.begin_drain()
