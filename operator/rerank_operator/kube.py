@@ -8,6 +8,7 @@ server-side apply with one field manager, reads, deletes, the status subresource
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ import httpx
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError
+from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError
 
 from rerank_operator.settings import GROUP, KIND, PLURAL, VERSION
 from rerank_operator.spec import ModelIdentity
@@ -26,6 +27,14 @@ log = logging.getLogger(__name__)
 EVENT_MESSAGE_MAX = 1000
 
 
+class ApplyRejectedError(Exception):
+    """The API server refused an applied manifest (invalid or immutable field); nothing was changed."""
+
+    def __init__(self, kind: str, name: str, message: str) -> None:
+        super().__init__(f"{kind} {name}: {message}")
+        self.kind, self.name, self.message = kind, name, message
+
+
 @dataclass(frozen=True)
 class PodReport:
     """What one ready runtime pod says it serves."""
@@ -33,6 +42,14 @@ class PodReport:
     pod: str
     served_version: int | None
     error: str | None
+
+
+def _api_message(error: DynamicApiError) -> str:
+    try:
+        body = json.loads(error.body or "")
+    except (TypeError, ValueError):
+        return str(error.reason)
+    return str(body.get("message", error.reason)) if isinstance(body, dict) else str(error.reason)
 
 
 class KubeClient:
@@ -60,14 +77,21 @@ class KubeClient:
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply `manifest` as the operator's field manager, taking over conflicting fields."""
         resource = self._resource(manifest["apiVersion"], manifest["kind"])
-        result = self.dynamic.server_side_apply(  # type: ignore[no-untyped-call]
-            resource,
-            body=manifest,
-            name=manifest["metadata"]["name"],
-            namespace=manifest["metadata"].get("namespace"),
-            field_manager=self.field_manager,
-            force_conflicts=True,
-        )
+        try:
+            result = self.dynamic.server_side_apply(  # type: ignore[no-untyped-call]
+                resource,
+                body=manifest,
+                name=manifest["metadata"]["name"],
+                namespace=manifest["metadata"].get("namespace"),
+                field_manager=self.field_manager,
+                force_conflicts=True,
+            )
+        except DynamicApiError as error:
+            if error.status not in (400, 422):
+                raise
+            raise ApplyRejectedError(
+                manifest["kind"], manifest["metadata"]["name"], _api_message(error)
+            ) from None
         applied: dict[str, Any] = result.to_dict()
         return applied
 

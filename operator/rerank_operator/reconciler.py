@@ -14,7 +14,7 @@ from typing import Any
 
 from rerank_operator import builders
 from rerank_operator.builders.runtime import model_path
-from rerank_operator.kube import KubeClient, PodReport
+from rerank_operator.kube import ApplyRejectedError, KubeClient, PodReport
 from rerank_operator.naming import (
     COMPONENT_LABEL,
     MODEL_LABEL,
@@ -240,11 +240,19 @@ def decide(
 
 def _apply_child(
     kube: KubeClient, manifest: dict[str, Any], events: list[Event], *, repairable: bool = True
-) -> dict[str, Any]:
-    """Apply one child, turning creation and changes (spec edits or repaired drift) into Events."""
+) -> dict[str, Any] | None:
+    """Apply one child, turning creation and changes (spec edits or repaired drift) into Events.
+
+    A manifest the API server rejects (e.g. a claim asked to shrink) becomes a Warning Event and leaves the
+    object as it is, so the rest of the reconcile still happens.
+    """
     meta = manifest["metadata"]
     before = kube.get(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
-    after = kube.apply(manifest)
+    try:
+        after = kube.apply(manifest)
+    except ApplyRejectedError as rejected:
+        events.append(("Warning", "ApplyRejected", str(rejected)))
+        return before
     if before is None:
         events.append(("Normal", "Created", f"created {manifest['kind']} {meta['name']}"))
     elif repairable and before["metadata"]["resourceVersion"] != after["metadata"]["resourceVersion"]:

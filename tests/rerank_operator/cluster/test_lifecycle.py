@@ -15,9 +15,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.support.cluster_fixtures import OperatorProcess, RunOperator
+from tests.support.controlplane import free_loopback_port
 from tests.support.fake_hub import FakeHub
 from tests.support.kubelet import KubeApiError, KubeRest, ProcessKubelet
 
@@ -39,7 +41,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0, interv
     while time.monotonic() < deadline:
         try:
             result = check()
-        except (KubeApiError, KeyError) as error:
+        except (KubeApiError, KeyError, httpx.HTTPError) as error:
             last_error, result = error, None
         if result:
             return result
@@ -194,7 +196,13 @@ def cluster(
     process_kubelet.extra_env["HF_HUB_DISABLE_XET"] = "1"
 
     def start() -> OperatorProcess:
-        return run_operator("--standalone", f"--namespace={namespace}", env=OPERATOR_ENV)
+        liveness = f"http://127.0.0.1:{free_loopback_port()}/healthz"
+        env = {**OPERATOR_ENV, "RERANK_OPERATOR_LIVENESS_ENDPOINT": liveness}
+        operator = run_operator("--standalone", f"--namespace={namespace}", env=env)
+        wait_for(
+            "the operator's liveness endpoint", lambda: httpx.get(liveness, timeout=1).status_code == 200, 30
+        )
+        return operator
 
     yield Cluster(kube_rest, namespace, process_kubelet, start)
 
@@ -229,7 +237,8 @@ def test_rerankmodel_lifecycle(cluster: Cluster) -> None:
     applied_at = time.monotonic()
     cluster.kube.request("POST", cluster.path("rerankmodels"), model_body(name))
     wait_for("the model claim", lambda: cluster.exists("pvcs", f"{name}-models"), 30)
-    first_job = wait_for("export Job v1", lambda: cluster.jobs("export"), 30)[0]
+    first_job = wait_for("export Job v1", lambda: cluster.jobs("export"), 30, interval=0.05)[0]
+    job_after = time.monotonic() - applied_at
     assert not cluster.exists("deployments", name)  # nothing to serve before the first version exists
     wait_for(
         "export Job v1 to succeed", lambda: job_complete(cluster.get("jobs", first_job["metadata"]["name"]))
@@ -262,7 +271,8 @@ def test_rerankmodel_lifecycle(cluster: Cluster) -> None:
     assert any(m["mountPath"] == "/models" and m.get("readOnly") for m in container["volumeMounts"])
     service = cluster.get("services", name)
     assert service["spec"]["ports"][0]["port"] == 8000
-    print(f"\n[timing] apply -> Deployment created: {deployment_after:.1f} s")
+    print(f"\n[timing] apply -> export Job created: {job_after:.1f} s")
+    print(f"[timing] apply -> Deployment created (after export v1): {deployment_after:.1f} s")
     print(f"[timing] export Job v1 succeeded -> servingVersion 1: {serving1_after:.1f} s")
     print(f"[phases] {recorder.phases()}  job {first_job['metadata']['name']}")
 
@@ -280,6 +290,13 @@ def test_rerankmodel_lifecycle(cluster: Cluster) -> None:
         lambda: cluster.get("deployments", name)["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 1,
         30,
     )
+
+    # -- a change the API server refuses (shrinking the claim) is reported, the model keeps serving ---------
+    cluster.patch_spec(name, {"storage": {"size": "512Mi"}})
+    wait_for("ApplyRejected Event", lambda: "ApplyRejected" in cluster.events(name), 30)
+    assert cluster.get("pvcs", f"{name}-models")["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert cluster.status(name)["phase"] == "Ready"
+    cluster.patch_spec(name, {"storage": {"size": "1Gi"}})
 
     # -- change weightFormat: export Job v2; the operator is killed mid-export and restarted -----------------
     cluster.patch_spec(name, {"export": {"weightFormat": "fp16"}})
