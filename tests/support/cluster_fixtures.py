@@ -18,6 +18,8 @@ automatically, so ``-m "not cluster"`` runs never pay for the control plane.
 * ``impersonate`` (function): ``impersonate(service_account, namespace) -> ApiClient`` authenticated as that
   ServiceAccount with a TokenRequest token (the ServiceAccount is created when missing).
 * ``process_kubelet`` (function): a started :class:`~tests.support.kubelet.ProcessKubelet` so pods run.
+  Its ``extra_env`` and ``image_entrypoints`` dicts may be changed by the test; they apply to containers
+  started afterwards. ``claim_dir(ns, claim)`` is a PVC's data, ``logs(ns, pod)`` a container's output.
 """
 
 from __future__ import annotations
