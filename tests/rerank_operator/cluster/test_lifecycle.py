@@ -369,3 +369,42 @@ def test_rerankmodel_lifecycle(cluster: Cluster) -> None:
     recorder.stop()
     restarted.stop()
     assert "Traceback" not in restarted.logs(), restarted.logs()[-3000:]
+
+
+def test_gated_model_needs_the_token_secret(cluster: Cluster, fake_hub: FakeHub) -> None:
+    """No token: nothing serves (Failed). With tokenSecretRef the export succeeds; the token stays secret."""
+    token = "hf_test_" + "7" * 24
+    name = "gated"
+    operator = cluster.start_operator()
+    with fake_hub.token_required(token):
+        cluster.kube.request("POST", cluster.path("rerankmodels"), model_body(name))
+        status = wait_for(
+            "phase Failed", lambda: (s := cluster.status(name)).get("phase") == "Failed" and s, 90
+        )
+        assert status["lastFailure"]["message"].startswith("error:")
+        assert status.get("servingVersion") is None
+        print(f"\n[gated] without token: Failed, {status['lastFailure']['message']}")
+
+        cluster.kube.request(
+            "POST",
+            f"/api/v1/namespaces/{cluster.namespace}/secrets",
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "hf-token"},
+                "stringData": {"token": token},
+            },
+        )
+        cluster.patch_spec(
+            name, {"source": {"huggingFace": {"repo": HUB_REPO, "tokenSecretRef": {"name": "hf-token"}}}}
+        )
+        status = cluster.wait_serving(name, 1)
+    export_jobs = cluster.jobs("export")
+    assert len(export_jobs) == 2
+    env = export_jobs[-1]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in env
+    visible = json.dumps([status, export_jobs, cluster.get("deployments", name)]) + " ".join(
+        cluster.events(name)
+    )
+    visible += json.dumps(cluster.kube.get(cluster.path("events")))
+    assert token not in visible and token not in operator.logs()
