@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.cluster_fixtures import Kubectl
 from tests.support.kubelet import KubeApiError, KubeRest
 
 pytestmark = pytest.mark.cluster
@@ -172,3 +173,13 @@ def test_valid_spec_gets_the_documented_defaults(kube_rest: KubeRest, admission_
     assert spec["storage"] == {"size": "10Gi", "accessMode": "ReadWriteOnce"}
     assert spec["service"] == {"type": "ClusterIP", "port": 8000}
     assert spec["versionPolicy"] == {"keep": 3}
+
+
+def test_scale_subresource_and_printer_columns(
+    kube_rest: KubeRest, admission_namespace: str, kubectl: Kubectl
+) -> None:
+    kube_rest.request("POST", _collection(admission_namespace), _body("scaled", VALID))
+    kubectl("scale", "rrm/scaled", "--replicas=3", "-n", admission_namespace)
+    assert kube_rest.get(f"{_collection(admission_namespace)}/scaled")["spec"]["runtime"]["replicas"] == 3
+    header = kubectl("get", "rrm", "scaled", "-n", admission_namespace).splitlines()[0].split()
+    assert header == ["NAME", "PHASE", "SERVING", "LATEST", "READY", "AGE"]
