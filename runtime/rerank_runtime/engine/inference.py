@@ -85,6 +85,10 @@ class InferenceRunner:
                 self._queue.start_async(self.inputs(batch), None)
             self._queue.wait_all()
 
+    def wait_all(self) -> None:
+        """Block until every started job has finished."""
+        self._queue.wait_all()
+
     def close(self) -> None:
         """Wait for running jobs and drop the compiled model so its memory can be released."""
         self._queue.wait_all()

@@ -1,0 +1,341 @@
+"""Same-machine comparison in one run: raw OpenVINO on the same IR, this server, Hugging Face in-process.
+
+- raw OpenVINO: the exact rows the server would build (same tokenizer, same windows), pre-tokenized, sorted by
+  length into batches and run through an AsyncInferQueue with every infer request busy: the stack's ceiling;
+- the server: `rerank-serve` in its own process, the same workload sent by concurrent clients over HTTP;
+- one small request (the classic "welcome" example, two short documents) through the server vs Hugging Face
+  transformers and sentence-transformers' CrossEncoder called in-process (torch on CPU).
+
+Measurements alternate (raw, server, raw, server, ...) and the best of each is kept, so a burst of load from
+other processes on a shared machine does not decide the ratio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openvino as ov
+
+from rerank_runtime.bench.client import BenchResult, run_workload
+from rerank_runtime.bench.workload import Workload, synthetic
+from rerank_runtime.engine.chunking import PairTemplate, Row, pad_rows
+from rerank_runtime.engine.inference import InferenceRunner, Precision
+from rerank_runtime.engine.tokenizer import TextTokenizer
+from rerank_runtime.repository import ModelRepository, ModelVersion
+
+SMALL_QUERY = "welcome"
+SMALL_DOCUMENTS = ["good morning", "farewell"]
+
+
+@dataclass
+class Comparison:
+    """Every figure of one comparison run."""
+
+    command: str
+    model: str
+    version: int
+    precision: str
+    workload: str
+    raw_tokens_per_s: list[float] = field(default_factory=list)
+    server_runs: list[BenchResult] = field(default_factory=list)
+    server_small_ms: float = 0.0
+    hf_small_ms: float | None = None
+    cross_encoder_small_ms: float | None = None
+    hf_tokens_per_s: float | None = None
+    inference_precision: str = ""
+
+    @property
+    def best_raw(self) -> float:
+        """Best raw OpenVINO throughput (tokens/s)."""
+        return max(self.raw_tokens_per_s)
+
+    @property
+    def best_server(self) -> BenchResult:
+        """Server run with the best throughput."""
+        return max(self.server_runs, key=lambda run: run.tokens_per_second)
+
+
+def _rows_for(workload: Workload, tokenizer: TextTokenizer, template: PairTemplate) -> list[list[Row]]:
+    rows: list[list[Row]] = []
+    for query, documents in workload.requests:
+        ids = tokenizer.encode([query, *documents])
+        request_rows: list[Row] = []
+        for doc_ids in ids[1:]:
+            request_rows += template.rows(ids[0], doc_ids, max_tokens=4096)
+        rows.append(request_rows)
+    return rows
+
+
+def measure_raw_openvino(
+    version: ModelVersion, workload: Workload, precision: Precision, batch_rows: int
+) -> tuple[float, str]:
+    """Tokens/s of the IR alone on pre-tokenized, length-sorted batches with all infer requests busy."""
+    core = ov.Core()
+    info = version.manifest.tokenizer
+    template = PairTemplate(
+        info.kind, info.cls_token_id, info.sep_token_id, info.pad_token_id, version.manifest.max_length
+    )
+    tokenizer = TextTokenizer(core, version.path / "text_tokenizer.xml")
+    rows = sorted((row for request in _rows_for(workload, tokenizer, template) for row in request), key=len)
+    tokens = sum(len(row) for row in rows)
+    bert = info.kind == "bert"
+    batches = [
+        pad_rows(rows[i : i + batch_rows], info.pad_token_id, bert) for i in range(0, len(rows), batch_rows)
+    ]
+    runner = InferenceRunner(core, version.path / "model.xml", precision)
+    runner.warm_up([batches[0], batches[-1]])
+    started = time.perf_counter()
+    for batch in batches:
+        runner.start(batch, lambda logits, error: None)
+    runner.wait_all()
+    elapsed = time.perf_counter() - started
+    precision_used = runner.inference_precision
+    runner.close()
+    return tokens / elapsed, precision_used
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """`rerank-serve` in a child process, started and stopped around the measurements."""
+
+    def __init__(self, repository: Path, model: str, precision: str, extra: list[str]) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        executable = Path(sys.executable).with_name("rerank-serve")
+        self.command = [
+            str(executable), "--repository", str(repository), "--model", model, "--host", "127.0.0.1",
+            "--port", str(self.port), "--precision", precision, "--log-level", "warning", *extra,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(self.command)
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        """Block until the server reports ready."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"rerank-serve exited with {self.process.returncode}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("rerank-serve did not become ready")
+
+    def stop(self) -> None:
+        """SIGTERM and wait (the server drains and exits 0)."""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def measure_small_server(url: str, model: str, repeats: int) -> float:
+    """Median latency (ms) of the classic two-document request, one at a time."""
+    body = {"model": model, "query": SMALL_QUERY, "documents": SMALL_DOCUMENTS}
+    latencies = []
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for _ in range(5):
+            client.post("/v2/rerank", json=body).raise_for_status()
+        for _ in range(repeats):
+            started = time.perf_counter()
+            client.post("/v2/rerank", json=body).raise_for_status()
+            latencies.append(time.perf_counter() - started)
+    return statistics.median(latencies) * 1000
+
+
+def measure_hf(hf_dir: Path, workload: Workload, repeats: int, throughput_requests: int) -> dict[str, float]:
+    """Hugging Face transformers and CrossEncoder in-process: small-request median latency and tokens/s."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(str(hf_dir)).eval()
+
+    def score(query: str, documents: list[str]) -> tuple[Any, int]:
+        batch = tokenizer(
+            [query] * len(documents), documents, padding=True, truncation=True, return_tensors="pt"
+        )
+        with torch.no_grad():
+            logits = model(**batch).logits
+        return torch.sigmoid(logits.double()), int(batch["attention_mask"].sum())
+
+    def median_ms(call: Any) -> float:
+        for _ in range(5):
+            call()
+        latencies = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            call()
+            latencies.append(time.perf_counter() - started)
+        return statistics.median(latencies) * 1000
+
+    figures = {"hf_small_ms": median_ms(lambda: score(SMALL_QUERY, SMALL_DOCUMENTS))}
+    try:
+        from sentence_transformers import CrossEncoder
+
+        encoder = CrossEncoder(str(hf_dir), device="cpu")
+        pairs = [(SMALL_QUERY, doc) for doc in SMALL_DOCUMENTS]
+        figures["cross_encoder_small_ms"] = median_ms(lambda: encoder.predict(pairs))
+    except ImportError:
+        pass
+    started = time.perf_counter()
+    tokens = 0
+    for query, documents in workload.requests[:throughput_requests]:
+        tokens += score(query, documents)[1]
+    figures["hf_tokens_per_s"] = tokens / (time.perf_counter() - started)
+    return figures
+
+
+def run_comparison(
+    *,
+    repository: Path,
+    model: str,
+    hf_dir: Path | None,
+    precision: Precision,
+    requests: int,
+    batch_size: int,
+    length: int,
+    repeats: int,
+    small_repeats: int,
+    server_args: list[str],
+    command: str,
+) -> Comparison:
+    """Measure everything (see the module docstring) and return the figures."""
+    version = ModelRepository(repository).resolve(model)
+    if version is None:
+        raise SystemExit(f"error: {model!r} has no servable version in {repository}")
+    workload = synthetic(requests, batch_size, length)
+    result = Comparison(
+        command, model, version.number, precision, f"{requests} requests x {batch_size} docs x {length} words"
+    )
+    server = ServerProcess(repository, model, precision, server_args)
+    try:
+        server.wait_ready()
+        warm = synthetic(2, batch_size, length, seed=1)
+        asyncio.run(run_workload(server.url, model, warm, progress=None))
+        for round_number in range(repeats):
+            print(f"round {round_number + 1}/{repeats}: raw OpenVINO ...", file=sys.stderr)
+            raw, result.inference_precision = measure_raw_openvino(version, workload, precision, batch_size)
+            result.raw_tokens_per_s.append(raw)
+            print(f"  raw OpenVINO {raw:,.0f} tokens/s; server ...", file=sys.stderr)
+            run = asyncio.run(run_workload(server.url, model, workload))
+            result.server_runs.append(run)
+            print(f"  server {run.tokens_per_second:,.0f} tokens/s", file=sys.stderr)
+        result.server_small_ms = measure_small_server(server.url, model, small_repeats)
+    finally:
+        server.stop()
+    if hf_dir is not None:
+        figures = measure_hf(hf_dir, workload, small_repeats, throughput_requests=min(3, requests))
+        result.hf_small_ms = figures["hf_small_ms"]
+        result.cross_encoder_small_ms = figures.get("cross_encoder_small_ms")
+        result.hf_tokens_per_s = figures["hf_tokens_per_s"]
+    return result
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def render_markdown(result: Comparison) -> str:
+    """docs/benchmarks.md content for one comparison run."""
+    best = result.best_server
+    ratio = best.tokens_per_second / result.best_raw
+    lines = [
+        "# Benchmarks",
+        "",
+        "All figures come from one run of the command below on one machine; the server and raw OpenVINO",
+        "use the same IR and the same rows (same tokenizer, same windows). Ratios matter more than absolute",
+        "numbers: the machine is shared and small.",
+        "",
+        f"- Machine: {os.cpu_count()} vCPU ({_cpu_model()}), Python {platform.python_version()}, "
+        f"OpenVINO {ov.get_version().split('-')[0]}",
+        f"- Model: `{result.model}` version {result.version}, precision `{result.precision}` "
+        f"(OpenVINO inference precision {result.inference_precision})",
+        f"- Workload: {result.workload} (synthetic; documents over the context are chunked)",
+        "",
+        "```",
+        result.command,
+        "```",
+        "",
+        "## Throughput: server vs raw OpenVINO (same IR)",
+        "",
+        "| | tokens/s | ratio to raw |",
+        "|---|---:|---:|",
+        "| raw OpenVINO, pre-tokenized length-sorted batches, all infer requests busy "
+        f"| {result.best_raw:,.0f} | 1.00 |",
+        f"| rerank-serve over HTTP, {best.requests} concurrent requests "
+        f"| {best.tokens_per_second:,.0f} | {ratio:.2f} |",
+    ]
+    if result.hf_tokens_per_s:
+        lines.append(
+            f"| Hugging Face transformers in-process (torch CPU, truncates instead of chunking) | "
+            f"{result.hf_tokens_per_s:,.0f} | {result.hf_tokens_per_s / result.best_raw:.2f} |"
+        )
+    summary = best.summary()
+    lines += [
+        "",
+        f"Server run: {best.succeeded}/{best.requests} succeeded, {best.input_tokens:,} input tokens in "
+        f"{best.duration:.1f} s; latency mean {summary['latency_mean_ms']:.0f} ms, median "
+        f"{summary['latency_median_ms']:.0f} ms, p99 {summary['latency_p99_ms']:.0f} ms.",
+        "All rounds (raw / server tokens/s): "
+        + ", ".join(
+            f"{raw:,.0f} / {run.tokens_per_second:,.0f}"
+            for raw, run in zip(result.raw_tokens_per_s, result.server_runs, strict=True)
+        )
+        + ".",
+        "",
+        "## Small request latency (query `welcome`, 2 short documents, one request at a time)",
+        "",
+        "| | median ms | ratio to Hugging Face |",
+        "|---|---:|---:|",
+    ]
+    hf = result.hf_small_ms
+    server_ratio = f"{result.server_small_ms / hf:.2f}" if hf else "n/a"
+    lines.append(
+        "| rerank-serve over HTTP (includes the HTTP round trip) "
+        f"| {result.server_small_ms:.1f} | {server_ratio} |"
+    )
+    if hf:
+        lines.append(f"| Hugging Face transformers in-process | {hf:.1f} | 1.00 |")
+    if hf and result.cross_encoder_small_ms:
+        lines.append(
+            f"| sentence-transformers CrossEncoder in-process | {result.cross_encoder_small_ms:.1f} | "
+            f"{result.cross_encoder_small_ms / hf:.2f} |"
+        )
+    lines += [
+        "",
+        "Infinity (infinity-emb) is not installed in this environment, so it is not measured.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def command_line(argv: list[str]) -> str:
+    """The command as typed, for the report."""
+    return "rerank-bench " + " ".join(shlex.quote(arg) for arg in argv)
