@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +51,10 @@ def _fail(message: str) -> NoReturn:
     line = "error: " + " ".join(message.split())
     print(line, file=sys.stderr, flush=True)
     _write_termination_log(line)
+    if threading.active_count() > 1:
+        # A download thread stuck on a dead connection would keep the interpreter from exiting.
+        sys.stdout.flush()
+        os._exit(1)
     raise SystemExit(1)
 
 

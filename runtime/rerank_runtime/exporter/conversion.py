@@ -13,9 +13,12 @@ that the CLI answers fast for errors that need none of them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -203,14 +206,26 @@ def compress_weights(model: Any, weight_format: WeightFormat) -> Any:
     """Apply the weight format: fp32/fp16 are handled when saving; int8/int4 use nncf weight compression."""
     if weight_format in ("fp32", "fp16"):
         return model
+    # nncf resets its logger on import and draws tables/progress bars on stdout, where the CLI's JSON line
+    # goes: send them to stderr when progress was asked for (INFO), else nowhere.
+    level = log.getEffectiveLevel()
     import nncf
 
-    if weight_format == "int8":
-        # Asymmetric 8-bit weights, activations stay fp32: what optimum-intel and OVMS call int8.
-        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
-    return nncf.compress_weights(
-        model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=_group_size(model), ratio=1.0
-    )
+    nncf.set_log_level(max(level, logging.INFO))
+    with contextlib.ExitStack() as stack:
+        if level <= logging.INFO:
+            stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+        else:
+            nncf.set_log_level(logging.ERROR)
+            sink = stack.enter_context(Path(os.devnull).open("w"))
+            stack.enter_context(contextlib.redirect_stdout(sink))
+            stack.enter_context(contextlib.redirect_stderr(sink))
+        if weight_format == "int8":
+            # Asymmetric 8-bit weights, activations stay fp32: what optimum-intel and OVMS call int8.
+            return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        return nncf.compress_weights(
+            model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=_group_size(model), ratio=1.0
+        )
 
 
 def save_model(model: Any, out_dir: Path, weight_format: WeightFormat) -> None:

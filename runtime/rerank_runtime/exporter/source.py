@@ -8,10 +8,15 @@ huggingface-hub so a stalled connection fails the export instead of hanging it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rerank_runtime.exporter.errors import ExportError
 
@@ -137,41 +142,95 @@ def resolve_hub(repo_id: str, revision: str | None, token: str | None, timeout: 
     return ResolvedSource(repo_id, info.sha, info.sha, None)
 
 
+def _tree_size(path: Path) -> int:
+    total = 0
+    for dirpath, _, filenames in os.walk(path):
+        for filename in filenames:
+            with contextlib.suppress(OSError):
+                total += (Path(dirpath) / filename).stat().st_size
+    return total
+
+
+def _with_stall_guard(download: Callable[[], str], watch: Path, timeout: float, repo_id: str) -> str:
+    """Run ``download`` in a thread and fail when ``watch`` stops growing for ``timeout`` seconds.
+
+    huggingface-hub's own timeouts apply per request, but after a timed-out request it retries with a
+    60 s timeout and exponential backoff, so a dead connection can hold an export for many minutes. Progress
+    on disk is what matters: a large model may take long, a stalled one must fail.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["path"] = download()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="hub-download", daemon=True)
+    thread.start()
+    last_size, last_change = -1, time.monotonic()
+    while True:
+        thread.join(timeout=min(1.0, timeout / 4))
+        if not thread.is_alive():
+            break
+        size = _tree_size(watch)
+        now = time.monotonic()
+        if size != last_size:
+            last_size, last_change = size, now
+        elif now - last_change > timeout:
+            # The thread is stuck in a socket read; it is a daemon and dies with the process.
+            raise ExportError(
+                f"download from the Hugging Face Hub stalled for repo {repo_id!r}: no data for {timeout:g} s"
+            )
+    if "error" in outcome:
+        raise outcome["error"]
+    return str(outcome["path"])
+
+
 def download_hub(resolved: ResolvedSource, token: str | None, timeout: float, download_dir: Path) -> Path:
     """Download the files needed for conversion at the resolved commit; returns the local folder.
 
     Downloads go to huggingface-hub's cache when ``HF_HOME``/``HF_HUB_CACHE`` is set (reused by retries),
-    otherwise into ``download_dir``.
+    otherwise into ``download_dir``. A download that makes no progress for ``timeout`` seconds fails.
     """
     import httpx
-    from huggingface_hub import HfApi, errors, snapshot_download
+    from huggingface_hub import HfApi, constants, errors, snapshot_download
 
     _configure_timeouts(timeout)
     assert resolved.revision is not None
     repo_id = resolved.source
+    revision = resolved.revision
+    use_cache = bool(os.environ.get("HF_HOME") or os.environ.get("HF_HUB_CACHE"))
+    if use_cache:
+        watch = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+    else:
+        watch = download_dir
     try:
-        files = HfApi(token=token or False).list_repo_files(repo_id, revision=resolved.revision)
+        files = HfApi(token=token or False).list_repo_files(repo_id, revision=revision)
         patterns = list(_DOWNLOAD_PATTERNS)
         if not any(f.endswith(".safetensors") for f in files):
             patterns += _PYTORCH_PATTERNS
-        use_cache = bool(os.environ.get("HF_HOME") or os.environ.get("HF_HUB_CACHE"))
-        path = snapshot_download(
-            repo_id,
-            revision=resolved.revision,
-            allow_patterns=patterns,
-            token=token or False,
-            etag_timeout=timeout,
-            max_workers=4,
-            local_dir=None if use_cache else str(download_dir),
-        )
+
+        def download() -> str:
+            return snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=patterns,
+                token=token or False,
+                etag_timeout=timeout,
+                max_workers=4,
+                local_dir=None if use_cache else str(download_dir),
+            )
+
+        path = _with_stall_guard(download, watch, timeout, repo_id)
     except (
         errors.HfHubHTTPError,
         errors.OfflineModeIsEnabled,
         errors.LocalEntryNotFoundError,
         httpx.HTTPError,
     ) as exc:
-        raise _hub_error(repo_id, resolved.revision, exc) from exc
-    local = Path(str(path))
+        raise _hub_error(repo_id, revision, exc) from exc
+    local = Path(path)
     if not (local / "config.json").is_file():
-        raise ExportError(f"Hugging Face repo {repo_id!r} has no config.json at {resolved.revision}")
+        raise ExportError(f"Hugging Face repo {repo_id!r} has no config.json at {revision}")
     return local
