@@ -122,7 +122,9 @@ def build_cached_export(kind: str, model_dir: Path, name: str, weight_format: st
     def build(dest: Path) -> None:
         run_export(ExportSpec(source=str(model_dir), repository=dest, name=name, weight_format=weight_format))  # type: ignore[arg-type]
 
-    return cached_build(f"{kind}-repo-{weight_format}", exporter_key(), build)
+    # The served name is part of the key: one model exported under two names must not share an entry.
+    name_key = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return cached_build(f"{kind}-repo-{weight_format}", f"{exporter_key()}-{name_key}", build)
 
 
 @pytest.fixture(scope="session")
