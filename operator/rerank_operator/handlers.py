@@ -36,7 +36,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # Handler progress in annotations: the status belongs to the RerankModel's own schema.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
-    settings.posting.level = 40  # kopf's own per-handler Events only for errors; ours describe transitions
+    settings.posting.level = logging.ERROR  # kopf's per-handler Events only on errors; ours tell transitions
     settings.watching.server_timeout = 300
     logging.getLogger("kopf.objects").addFilter(QuietTimerTicks())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per pod poll otherwise
