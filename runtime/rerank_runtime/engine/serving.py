@@ -80,6 +80,9 @@ class RerankService:
         self.names = list(names or [])
         self.metrics = metrics
         self.models: dict[str, ServedModel] = {name: ServedModel(name, metrics) for name in self.names}
+        if metrics is not None:
+            for name in self.names:
+                metrics.served_version.labels(name).set(0)
         self.max_inflight_requests = max_inflight_requests
         self.watcher = VersionWatcher(
             repository,

@@ -1,0 +1,79 @@
+"""Every documented route answers in its documented shape: TEI, models, metadata, metrics, OpenAPI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from tests.rerank_runtime.server.conftest import API_KEY
+from tests.rerank_runtime.server.live_server import LiveServer
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+RERANK_PATHS = ["/v1/rerank", "/v2/rerank", "/v3/rerank", "/v3/v1/rerank", "/v3/v2/rerank", "/rerank"]
+
+
+def test_every_rerank_path_gives_the_same_ranking(f32_server: LiveServer) -> None:
+    """All Cohere/OVMS paths rank alike and name the scoring version in `x-model-version`."""
+    body = {"query": "welcome", "documents": ["good morning", "farewell", "hello and welcome"], "top_n": 2}
+    rankings = []
+    for path in RERANK_PATHS:
+        response = httpx.post(f"{f32_server.base_url}{path}", json=body, headers=AUTH)
+        assert response.status_code == 200, (path, response.text)
+        assert response.headers["x-model-version"] == "1"
+        payload = response.json()
+        assert payload["id"] and payload["meta"]["billed_units"]["search_units"] == 1
+        assert payload["meta"]["tokens"]["input_tokens"] > 0
+        rankings.append([(r["index"], round(r["relevance_score"], 6)) for r in payload["results"]])
+    assert all(ranking == rankings[0] for ranking in rankings)
+    assert len(rankings[0]) == 2
+
+
+def test_tei_shape_on_rerank_with_texts(f32_server: LiveServer) -> None:
+    """`/rerank` with `texts` answers TEI's bare array; `return_text` echoes; errors carry `error_type`."""
+    body = {"query": "welcome", "texts": ["good morning", "farewell"], "return_text": True}
+    response = httpx.post(f"{f32_server.base_url}/rerank", json=body, headers=AUTH)
+    assert response.status_code == 200
+    ranks = response.json()
+    assert isinstance(ranks, list) and {r["index"] for r in ranks} == {0, 1}
+    assert [r["score"] for r in ranks] == sorted((r["score"] for r in ranks), reverse=True)
+    assert all(r["text"] == body["texts"][r["index"]] for r in ranks)
+    bad = httpx.post(f"{f32_server.base_url}/rerank", json={"query": " ", "texts": ["a"]}, headers=AUTH)
+    assert bad.status_code == 400
+    assert bad.json()["error_type"] == "Validation" and bad.json()["error"] == bad.json()["message"]
+
+
+def test_models_metadata_and_metrics(f32_server: LiveServer, minilm_repository: tuple[Path, str]) -> None:
+    """`/v1/models`, `/v2/models/{name}` and `/metrics` describe what is served."""
+    name = minilm_repository[1]
+    models = httpx.get(f"{f32_server.base_url}/v1/models", headers=AUTH).json()
+    assert models["data"] == [
+        {"id": name, "object": "model", "owned_by": "rerank-operator", "version": 1, "ready": True}
+    ]
+    metadata = httpx.get(f"{f32_server.base_url}/v2/models/{name.replace('/', '%2F')}").json()
+    assert metadata["served_version"] == 1
+    assert metadata["versions"] == [{"version": 1, "state": "AVAILABLE", "error": None}]
+    assert metadata["inference_precision"] == "f32" and metadata["max_length"] == 512
+    assert httpx.get(f"{f32_server.base_url}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{f32_server.base_url}/v2/health/ready").json() == {"ready": True}
+    httpx.post(f"{f32_server.base_url}/v2/rerank", json={"query": "q", "documents": ["d"]}, headers=AUTH)
+    metrics = httpx.get(f"{f32_server.base_url}/metrics").text
+    for metric in (
+        'rerank_requests_total{code="200",route="/v2/rerank"}',
+        'rerank_request_duration_seconds_bucket{le="0.005",route="/v2/rerank"}',
+        f'rerank_queue_depth{{model="{name}"}}',
+        f'rerank_batch_size_count{{model="{name}"}}',
+        f'rerank_batch_tokens_count{{model="{name}"}}',
+        f'rerank_served_version{{model="{name}"}} 1.0',
+        f'rerank_model_load_seconds{{model="{name}",version="1"}}',
+    ):
+        assert metric in metrics, metric
+
+
+def test_openapi_documents_every_route(f32_server: LiveServer) -> None:
+    """The OpenAPI document (served with /docs) lists every route."""
+    paths = httpx.get(f"{f32_server.base_url}/openapi.json").json()["paths"]
+    expected = [*RERANK_PATHS, "/v2/health/live", "/v2/health/ready", "/v1/models", "/metrics"]
+    assert all(path in paths for path in expected), sorted(paths)
+    assert "/v2/models/{name}/ready" in paths and "/v2/models/{name}" in paths
+    assert httpx.get(f"{f32_server.base_url}/docs").status_code == 200
