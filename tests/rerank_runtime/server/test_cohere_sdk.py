@@ -114,3 +114,20 @@ def test_auto_precision_difference(minilm_repository: tuple[Path, str], hf_score
     largest = max(abs(r.relevance_score - expected[r.index]) for r in response.results)
     print(f"\nprecision auto ({precision}): largest |score - HF score| = {largest:.6f}")
     assert largest < 0.05
+
+
+def test_langchain_cohere_rerank(f32_server: LiveServer, minilm_repository: tuple[Path, str]) -> None:
+    """LangChain's CohereRerank (ClientV2, top_n=3, explicit nulls) compresses documents by server score."""
+    from langchain_cohere import CohereRerank
+    from langchain_core.documents import Document
+
+    reranker = CohereRerank(
+        cohere_api_key=API_KEY, base_url=f32_server.base_url, model=minilm_repository[1], top_n=3
+    )
+    documents = [Document(page_content=text) for text in DOCUMENTS]
+    ranked = reranker.rerank(documents, QUERY)
+    assert len(ranked) == 3
+    scores = [item["relevance_score"] for item in ranked]
+    assert scores == sorted(scores, reverse=True)
+    compressed = reranker.compress_documents(documents, QUERY)
+    assert [doc.page_content for doc in compressed] == [DOCUMENTS[item["index"]] for item in ranked]
