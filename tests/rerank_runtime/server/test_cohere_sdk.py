@@ -7,6 +7,7 @@ from pathlib import Path
 import cohere
 import numpy as np
 import pytest
+from pydantic import SecretStr
 
 from tests.rerank_runtime.server.conftest import API_KEY, HfScorer, server_settings
 from tests.rerank_runtime.server.live_server import LiveServer, live_server
@@ -122,7 +123,7 @@ def test_langchain_cohere_rerank(f32_server: LiveServer, minilm_repository: tupl
     from langchain_core.documents import Document
 
     reranker = CohereRerank(
-        cohere_api_key=API_KEY, base_url=f32_server.base_url, model=minilm_repository[1], top_n=3
+        cohere_api_key=SecretStr(API_KEY), base_url=f32_server.base_url, model=minilm_repository[1], top_n=3
     )
     documents = [Document(page_content=text) for text in DOCUMENTS]
     ranked = reranker.rerank(documents, QUERY)

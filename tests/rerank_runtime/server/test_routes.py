@@ -31,13 +31,14 @@ def test_every_rerank_path_gives_the_same_ranking(f32_server: LiveServer) -> Non
 
 def test_tei_shape_on_rerank_with_texts(f32_server: LiveServer) -> None:
     """`/rerank` with `texts` answers TEI's bare array; `return_text` echoes; errors carry `error_type`."""
-    body = {"query": "welcome", "texts": ["good morning", "farewell"], "return_text": True}
+    texts = ["good morning", "farewell"]
+    body = {"query": "welcome", "texts": texts, "return_text": True}
     response = httpx.post(f"{f32_server.base_url}/rerank", json=body, headers=AUTH)
     assert response.status_code == 200
     ranks = response.json()
     assert isinstance(ranks, list) and {r["index"] for r in ranks} == {0, 1}
     assert [r["score"] for r in ranks] == sorted((r["score"] for r in ranks), reverse=True)
-    assert all(r["text"] == body["texts"][r["index"]] for r in ranks)
+    assert all(r["text"] == texts[r["index"]] for r in ranks)
     bad = httpx.post(f"{f32_server.base_url}/rerank", json={"query": " ", "texts": ["a"]}, headers=AUTH)
     assert bad.status_code == 400
     assert bad.json()["error_type"] == "Validation" and bad.json()["error"] == bad.json()["message"]
