@@ -303,12 +303,12 @@ def render_markdown(result: Comparison) -> str:
         f"Server run: {best.succeeded}/{best.requests} succeeded, {best.input_tokens:,} input tokens in "
         f"{best.duration:.1f} s; latency mean {summary['latency_mean_ms']:.0f} ms, median "
         f"{summary['latency_median_ms']:.0f} ms, p99 {summary['latency_p99_ms']:.0f} ms.",
-        "All rounds (raw / server tokens/s): "
-        + ", ".join(
-            f"{raw:,.0f} / {run.tokens_per_second:,.0f}"
+        "Rounds (raw tokens/s, server tokens/s, ratio): "
+        + "; ".join(
+            f"{raw:,.0f}, {run.tokens_per_second:,.0f}, {run.tokens_per_second / raw:.2f}"
             for raw, run in zip(result.raw_tokens_per_s, result.server_runs, strict=True)
         )
-        + ".",
+        + ". The table compares the best round of each; other processes share this machine's cores.",
         "",
         "## Small request latency (query `welcome`, 2 short documents, one request at a time)",
         "",
