@@ -172,6 +172,10 @@ def run_export(spec: ExportSpec) -> ExportResult:
             if resolved.local_dir is not None:
                 model_dir = resolved.local_dir
             else:
+                configs = source.download_hub(
+                    resolved, spec.token, spec.timeout, download_dir, config_only=True
+                )
+                conversion.inspect_model(configs, spec.max_length)  # refuse unsuitable models before weights
                 model_dir = source.download_hub(resolved, spec.token, spec.timeout, download_dir)
             inspection, tokenizer = _convert_into(staging, model_dir, spec)
             manifest = Manifest(

@@ -187,8 +187,17 @@ def _with_stall_guard(download: Callable[[], str], watch: Path, timeout: float, 
     return str(outcome["path"])
 
 
-def download_hub(resolved: ResolvedSource, token: str | None, timeout: float, download_dir: Path) -> Path:
+def download_hub(
+    resolved: ResolvedSource,
+    token: str | None,
+    timeout: float,
+    download_dir: Path,
+    *,
+    config_only: bool = False,
+) -> Path:
     """Download the files needed for conversion at the resolved commit; returns the local folder.
+
+    ``config_only`` fetches just the configs, so an unsuitable model is refused before gigabytes of weights.
 
     Downloads go to huggingface-hub's cache when ``HF_HOME``/``HF_HUB_CACHE`` is set (reused by retries),
     otherwise into ``download_dir``. A download that makes no progress for ``timeout`` seconds fails.
@@ -206,10 +215,13 @@ def download_hub(resolved: ResolvedSource, token: str | None, timeout: float, do
     else:
         watch = download_dir
     try:
-        files = HfApi(token=token or False).list_repo_files(repo_id, revision=revision)
-        patterns = list(_DOWNLOAD_PATTERNS)
-        if not any(f.endswith(".safetensors") for f in files):
-            patterns += _PYTORCH_PATTERNS
+        if config_only:
+            patterns = ["config.json", "tokenizer_config.json"]
+        else:
+            files = HfApi(token=token or False).list_repo_files(repo_id, revision=revision)
+            patterns = list(_DOWNLOAD_PATTERNS)
+            if not any(f.endswith(".safetensors") for f in files):
+                patterns += _PYTORCH_PATTERNS
 
         def download() -> str:
             return snapshot_download(
