@@ -1,4 +1,4 @@
-"""``rerank-repo`` end to end: hub export at a resolved revision, idempotency, promote, list, prune, verify."""
+"""``rerank-repo`` end to end: hub export at a resolved revision, reuse, promote, list, prune, verify."""
 
 from __future__ import annotations
 
