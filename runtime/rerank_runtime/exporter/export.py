@@ -121,6 +121,7 @@ def _convert_into(
     staging: Path, model_dir: Path, spec: ExportSpec
 ) -> tuple[conversion.ModelInspection, TokenizerInfo]:
     inspection = conversion.inspect_model(model_dir, spec.max_length)
+    _check_free_space(staging, model_dir, spec)
     hf_tokenizer = conversion.load_hf_tokenizer(model_dir)
     # Detect the row template before the slow conversion so an odd tokenizer fails fast.
     conversion.tokenizer_info(hf_tokenizer, uses_token_type_ids=False)
@@ -131,6 +132,32 @@ def _convert_into(
     info = conversion.tokenizer_info(hf_tokenizer, uses_token_type_ids="token_type_ids" in inputs)
     conversion.smoke_test(staging, info.uses_token_type_ids, inspection.num_labels)
     return inspection, info
+
+
+# Artifact size relative to the source's fp32 weights, per weight format (with some headroom).
+_SIZE_RATIO = {"fp32": 1.05, "fp16": 0.55, "int8": 0.3, "int4": 0.25}
+_TOKENIZER_HEADROOM = 32 << 20
+
+
+def estimated_artifact_bytes(model_dir: Path, weight_format: WeightFormat) -> int:
+    """Roughly how much disk a version of this model takes in ``weight_format``."""
+    weights = sum(
+        p.stat().st_size
+        for p in model_dir.iterdir()
+        if p.is_file() and (p.suffix == ".safetensors" or p.name.startswith("pytorch_model"))
+    )
+    return int(weights * _SIZE_RATIO[weight_format]) + _TOKENIZER_HEADROOM
+
+
+def _check_free_space(staging: Path, model_dir: Path, spec: ExportSpec) -> None:
+    """Fail before a long conversion that cannot be written (OpenVINO's own write errors are opaque)."""
+    needed = estimated_artifact_bytes(model_dir, spec.weight_format)
+    free = shutil.disk_usage(staging).free
+    if free < needed:
+        raise ExportError(
+            f"no space left on device: exporting into {spec.repository} needs about {needed >> 20} MiB, "
+            f"{free >> 20} MiB free; free space or enlarge the volume"
+        )
 
 
 def _is_disk_full(exc: BaseException, repository: Path | None) -> bool:
@@ -146,6 +173,34 @@ def _is_disk_full(exc: BaseException, repository: Path | None) -> bool:
         return shutil.disk_usage(repository).free < 1 << 20
     except OSError:
         return False
+
+
+def _build_in_staging(
+    staging: Path, resolved: source.ResolvedSource, spec: ExportSpec, digest: str, version_string: str
+) -> Manifest:
+    """Download (hub sources) and convert into ``staging``; returns the manifest to publish with."""
+    download_dir = staging / ".download"
+    if resolved.local_dir is not None:
+        model_dir = resolved.local_dir
+    else:
+        configs = source.download_hub(resolved, spec.token, spec.timeout, download_dir, config_only=True)
+        conversion.inspect_model(configs, spec.max_length)  # refuse unsuitable models before the weights
+        model_dir = source.download_hub(resolved, spec.token, spec.timeout, download_dir)
+    inspection, tokenizer = _convert_into(staging, model_dir, spec)
+    shutil.rmtree(download_dir, ignore_errors=True)  # only the artifacts are published
+    return Manifest(
+        source=resolved.source,
+        revision=resolved.revision,
+        weight_format=spec.weight_format,
+        max_length=inspection.max_length,
+        model_type=inspection.model_type,
+        num_labels=inspection.num_labels,
+        positive_label=inspection.positive_label,
+        tokenizer=tokenizer,
+        export_hash=digest,
+        exporter_version=version_string,
+        created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+    )
 
 
 def run_export(spec: ExportSpec) -> ExportResult:
@@ -168,31 +223,14 @@ def run_export(spec: ExportSpec) -> ExportResult:
             return ExportResult(existing, True, pruned, time.monotonic() - started)
 
         with repo.staging(spec.name) as staging:
-            download_dir = staging / ".download"
-            if resolved.local_dir is not None:
-                model_dir = resolved.local_dir
-            else:
-                configs = source.download_hub(
-                    resolved, spec.token, spec.timeout, download_dir, config_only=True
-                )
-                conversion.inspect_model(configs, spec.max_length)  # refuse unsuitable models before weights
-                model_dir = source.download_hub(resolved, spec.token, spec.timeout, download_dir)
-            inspection, tokenizer = _convert_into(staging, model_dir, spec)
-            manifest = Manifest(
-                source=resolved.source,
-                revision=resolved.revision,
-                weight_format=spec.weight_format,
-                max_length=inspection.max_length,
-                model_type=inspection.model_type,
-                num_labels=inspection.num_labels,
-                positive_label=inspection.positive_label,
-                tokenizer=tokenizer,
-                export_hash=digest,
-                exporter_version=version_string,
-                created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            )
-            shutil.rmtree(download_dir, ignore_errors=True)
-            version = repo.publish(spec.name, staging, manifest)
+            try:
+                manifest = _build_in_staging(staging, resolved, spec, digest, version_string)
+                version = repo.publish(spec.name, staging, manifest)
+            except Exception as exc:
+                # Judge "disk full" now: leaving the block deletes the staging folder and frees the space.
+                if not isinstance(exc, ExportError) and _is_disk_full(exc, staging):
+                    raise _disk_full_error(spec) from exc
+                raise
         # publish returns an equal-hash version that a racing export published first instead of ours.
         reused = version.manifest.created_at != manifest.created_at
         pruned = _finish(repo, spec, version)
