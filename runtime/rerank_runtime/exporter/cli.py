@@ -171,7 +171,8 @@ def _version_row(version: ModelVersion, current: int | None) -> dict[str, Any]:
 def _cmd_export(args: argparse.Namespace) -> None:
     from rerank_runtime.exporter.export import ExportSpec, run_export
 
-    name = args.name or args.source
+    # Default served name: the repo id, or the folder name of a local source.
+    name = args.name or (Path(args.source).name if Path(args.source).is_dir() else args.source)
     spec = ExportSpec(
         source=args.source,
         repository=args.repository,

@@ -170,11 +170,11 @@ def _wait_for_staging(root: Path, proc: subprocess.Popen[str]) -> Path:
 
 
 @pytest.mark.slow
-def test_sigterm_interrupted_export_cleans_up(fake_hub: FakeHub, minilm_hf_dir: Path, tmp_path: Path) -> None:
+def test_sigterm_interrupted_export_cleans_up(fake_hub: FakeHub, xlmr_hf_dir: Path, tmp_path: Path) -> None:
     """Kubernetes stops a Job with SIGTERM: the export reports it and removes its staging folder."""
     root, log = tmp_path / "models", tmp_path / "termination-log"
     log.touch()
-    proc = _start_export(fake_hub, minilm_hf_dir, root, log)
+    proc = _start_export(fake_hub, xlmr_hf_dir, root, log)
     staging = _wait_for_staging(root, proc)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
@@ -185,12 +185,12 @@ def test_sigterm_interrupted_export_cleans_up(fake_hub: FakeHub, minilm_hf_dir: 
 
 @pytest.mark.slow
 def test_killed_export_is_invisible_and_cleaned_by_the_next_run(
-    fake_hub: FakeHub, run_cli: RunCli, minilm_hf_dir: Path, tmp_path: Path
+    fake_hub: FakeHub, run_cli: RunCli, xlmr_hf_dir: Path, tmp_path: Path
 ) -> None:
     """SIGKILL (OOM, node loss) runs no cleanup: the half export stays invisible until a retry removes it."""
     root, log = tmp_path / "models", tmp_path / "termination-log"
     log.touch()
-    proc = _start_export(fake_hub, minilm_hf_dir, root, log)
+    proc = _start_export(fake_hub, xlmr_hf_dir, root, log)
     staging = _wait_for_staging(root, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
@@ -201,7 +201,7 @@ def test_killed_export_is_invisible_and_cleaned_by_the_next_run(
     retry = run_cli(
         "export",
         "--source",
-        str(minilm_hf_dir),
+        str(xlmr_hf_dir),
         "--repository",
         str(root),
         "--name",
