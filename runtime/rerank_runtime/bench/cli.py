@@ -53,6 +53,7 @@ def _compare_parser() -> argparse.ArgumentParser:
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=2, help="alternating raw/server rounds (best kept)")
     parser.add_argument("--small-repeats", type=int, default=50)
+    parser.add_argument("--max-batch-tokens", type=int, default=8192, help="padded tokens per batch (both)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra rerank-serve argument")
     parser.add_argument("--write-markdown", type=Path, help="write the report (e.g. docs/benchmarks.md)")
     return parser
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             repeats=args.repeats,
             small_repeats=args.small_repeats,
             server_args=args.server_arg,
+            max_batch_tokens=args.max_batch_tokens,
             command=command_line(argv),
         )
         report = render_markdown(result)

@@ -55,6 +55,7 @@ class Comparison:
     cross_encoder_small_ms: float | None = None
     hf_tokens_per_s: float | None = None
     inference_precision: str = ""
+    max_batch_tokens: int = 8192
 
     def round_ratios(self) -> list[float]:
         """Server over raw throughput of each round (both measured back to back)."""
@@ -81,9 +82,12 @@ def _rows_for(workload: Workload, tokenizer: TextTokenizer, template: PairTempla
 
 
 def measure_raw_openvino(
-    version: ModelVersion, workload: Workload, precision: Precision, batch_rows: int
+    version: ModelVersion, workload: Workload, precision: Precision, max_batch_tokens: int
 ) -> tuple[float, str]:
-    """Tokens/s of the IR alone on pre-tokenized, length-sorted batches with all infer requests busy."""
+    """Tokens/s of the IR alone on pre-tokenized, length-sorted batches with all infer requests busy.
+
+    Batches are packed under the same padded-token budget the server uses, so both run the same shapes.
+    """
     core = ov.Core()
     info = version.manifest.tokenizer
     template = PairTemplate(
@@ -93,9 +97,12 @@ def measure_raw_openvino(
     rows = sorted((row for request in _rows_for(workload, tokenizer, template) for row in request), key=len)
     tokens = sum(len(row) for row in rows)
     bert = info.kind == "bert"
-    batches = [
-        pad_rows(rows[i : i + batch_rows], info.pad_token_id, bert) for i in range(0, len(rows), batch_rows)
-    ]
+    groups: list[list[Row]] = [[]]
+    for row in rows:  # ascending length: the newest row is the longest of its group
+        if groups[-1] and (len(groups[-1]) + 1) * len(row) > max_batch_tokens:
+            groups.append([])
+        groups[-1].append(row)
+    batches = [pad_rows(group, info.pad_token_id, bert) for group in groups]
     runner = InferenceRunner(core, version.path / "model.xml", precision)
     runner.warm_up([batches[0], batches[-1]])
     started = time.perf_counter()
@@ -221,6 +228,7 @@ def run_comparison(
     small_repeats: int,
     server_args: list[str],
     command: str,
+    max_batch_tokens: int = 8192,
 ) -> Comparison:
     """Measure everything (see the module docstring) and return the figures."""
     version = ModelRepository(repository).resolve(model)
@@ -228,16 +236,25 @@ def run_comparison(
         raise SystemExit(f"error: {model!r} has no servable version in {repository}")
     workload = synthetic(requests, batch_size, length)
     result = Comparison(
-        command, model, version.number, precision, f"{requests} requests x {batch_size} docs x {length} words"
+        command=command,
+        model=model,
+        version=version.number,
+        precision=precision,
+        workload=f"{requests} requests x {batch_size} docs x {length} words",
+        max_batch_tokens=max_batch_tokens,
     )
-    server = ServerProcess(repository, model, precision, server_args)
+    server = ServerProcess(
+        repository, model, precision, ["--max-batch-tokens", str(max_batch_tokens), *server_args]
+    )
     try:
         server.wait_ready()
         warm = synthetic(2, batch_size, length, seed=1)
         asyncio.run(run_workload(server.url, model, warm, progress=None))
         for round_number in range(repeats):
             print(f"round {round_number + 1}/{repeats}: raw OpenVINO ...", file=sys.stderr)
-            raw, result.inference_precision = measure_raw_openvino(version, workload, precision, batch_size)
+            raw, result.inference_precision = measure_raw_openvino(
+                version, workload, precision, max_batch_tokens
+            )
             result.raw_tokens_per_s.append(raw)
             print(f"  raw OpenVINO {raw:,.0f} tokens/s; server ...", file=sys.stderr)
             run = asyncio.run(run_workload(server.url, model, workload))
@@ -280,7 +297,8 @@ def render_markdown(result: Comparison) -> str:
         f"- Machine: {os.cpu_count()} vCPU ({_cpu_model()}), Python {platform.python_version()}, "
         f"OpenVINO {ov.get_version().split('-')[0]}",
         f"- Model: `{result.model}` version {result.version}, precision `{result.precision}` "
-        f"(OpenVINO inference precision {result.inference_precision})",
+        f"(OpenVINO inference precision {result.inference_precision}), batches of at most "
+        f"{result.max_batch_tokens} padded tokens for both",
         f"- Workload: {result.workload} (synthetic; documents over the context are chunked)",
         "",
         "```",
