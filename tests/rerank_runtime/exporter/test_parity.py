@@ -18,6 +18,7 @@ trained, and read a CLS vector that barely moves between documents, so they ampl
 from __future__ import annotations
 
 import itertools
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -317,3 +318,47 @@ def test_pair_truncation_grid_matches_hf_at_odd_and_even_budgets(model: str, tmp
             if g != e
         ]
         assert wrong == [], f"max_length {max_length}: differs for (query words, doc words) {wrong[:10]}"
+
+
+_FP32_IR_SCORES: dict[Path, np.ndarray] = {}
+
+
+def _short_pairs() -> list[tuple[str, str]]:
+    """The parity pairs without the 512-token ones (enough to compare weight formats, much faster)."""
+    return [(q, d) for q, d in parity_pairs() if len(q) + len(d) < 300]
+
+
+def _fp32_ir_scores(version: ModelVersion) -> np.ndarray:
+    if version.path not in _FP32_IR_SCORES:
+        _FP32_IR_SCORES[version.path] = IrScorer(version).scores(_short_pairs())
+    return _FP32_IR_SCORES[version.path]
+
+
+@pytest.mark.parametrize("weight_format", ["fp16", "int4"])
+def test_fp16_and_int4_weight_formats_stay_faithful(weight_format: str, tmp_path: Path) -> None:
+    """The other formats, applied to the fp32 IR the way ``rerank-repo`` does: smaller, same ranking.
+
+    No score tolerance is promised for these (fp16 storage differs ~1e-3, int4 much more); the figures
+    are printed."""
+    import openvino as ov
+
+    from rerank_runtime.exporter.conversion import MODEL_XML, compress_weights, save_model
+
+    fp32 = _only_version(build_cached_export("minilm", build_cached_minilm(), "test/minilm", "fp32"))
+    shutil.copytree(fp32.path, tmp_path / "v")
+    model = ov.Core().read_model(str(fp32.path / MODEL_XML))
+    save_model(compress_weights(model, weight_format), tmp_path / "v", weight_format)  # type: ignore[arg-type]
+    compressed = ModelVersion(fp32.name, fp32.number, tmp_path / "v", fp32.manifest)
+    pairs = _short_pairs()
+    assert len(pairs) >= 150
+    reference = _fp32_ir_scores(fp32)
+    got = IrScorer(compressed).scores(pairs)
+    diff = np.abs(got - reference)
+    rho = float(np.corrcoef(np.argsort(np.argsort(reference)), np.argsort(np.argsort(got)))[0, 1])  # Spearman
+    ratio = (tmp_path / "v" / "model.bin").stat().st_size / (fp32.path / "model.bin").stat().st_size
+    print(
+        f"\nminilm {weight_format}: max |score diff| vs fp32 IR {diff.max():.4f}, "
+        f"spearman {rho:.4f}, size {ratio:.2f}x"
+    )
+    assert ratio < (0.55 if weight_format == "fp16" else 0.25)
+    assert rho > (0.999 if weight_format == "fp16" else 0.9)
