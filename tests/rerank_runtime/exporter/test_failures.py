@@ -29,7 +29,7 @@ def assert_failed_cleanly(result: CliResult, root: Path, expected: str) -> None:
     assert result.termination_log.strip() == line
     assert result.stdout == ""
     assert ModelRepository(root).served_names() == []
-    assert not [p for p in root.rglob(".staging-*")] if root.exists() else True
+    assert list(root.rglob(".staging-*")) == [], "no staging folder is left behind"
 
 
 def test_unknown_hub_repo(run_cli: RunCli, tmp_path: Path) -> None:
