@@ -330,7 +330,8 @@ def render_markdown(result: Comparison) -> str:
             for round_raw, run in zip(result.raw_tokens_per_s, result.server_runs, strict=True)
         )
         + f". The table shows round {median + 1}, the round with the median ratio: raw and server run "
-        "back to back in each round because other processes share this machine's cores.",
+        "back to back in each round because other processes share this machine's cores. The server cannot be",
+        "faster than the IR on the same shapes: ratios above 1 show the size of that noise.",
         "",
         "## Small request latency (query `welcome`, 2 short documents, one request at a time)",
         "",
