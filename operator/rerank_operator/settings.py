@@ -21,9 +21,11 @@ class OperatorSettings(BaseSettings):
     runtime_image: str = Field(
         default="rerank-runtime:0.1.0", description="Runtime image used when spec.runtime.image is unset."
     )
-    export_image: str | None = Field(
-        default=None,
-        description="Image of export and promote Jobs when spec.export.image is unset (default: runtime).",
+    # The runtime image carries no torch/optimum (the `runtime` extra); export Jobs need the `export` extra.
+    export_image: str = Field(
+        default="rerank-export:0.1.0",
+        description="Image of export and promote Jobs when spec.export.image is unset (Dockerfile.runtime "
+        "built with EXTRAS=runtime,export).",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     field_manager: str = Field(
@@ -60,8 +62,3 @@ class OperatorSettings(BaseSettings):
     liveness_endpoint: str = Field(
         default="http://0.0.0.0:8080/healthz", description="Where kopf serves the operator's liveness probe."
     )
-
-    @property
-    def job_image(self) -> str:
-        """Image of export and promote Jobs when the spec does not choose one."""
-        return self.export_image or self.runtime_image

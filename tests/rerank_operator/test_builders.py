@@ -209,3 +209,27 @@ def test_long_names_stay_within_63_characters(settings: OperatorSettings) -> Non
 def _pod_labels(manifest: dict[str, Any]) -> dict[str, str]:
     labels: dict[str, str] = manifest["spec"]["template"]["metadata"]["labels"]
     return labels
+
+
+def test_jobs_use_the_export_image_and_pods_the_runtime_image(
+    model: ModelIdentity, settings: OperatorSettings
+) -> None:
+    # The runtime image has no torch/optimum: an export Job on it could never convert a model.
+    spec = make_spec()
+    export = _pod(builders.build_export_job(model, spec, settings, "0123456789abcdef", promote=True))
+    deployment = _pod(builders.build_deployment(model, spec, settings))
+    assert export["containers"][0]["image"] == settings.export_image == "rerank-export:0.1.0"
+    assert deployment["containers"][0]["image"] == settings.runtime_image == "rerank-runtime:0.1.0"
+
+    chosen = make_spec(
+        export={"image": "registry.example/export:1"}, runtime={"image": "registry.example/rt:1"}
+    )
+    assert (
+        _pod(builders.build_export_job(model, chosen, settings, "0123456789abcdef", promote=True))[
+            "containers"
+        ][0]["image"]
+        == "registry.example/export:1"
+    )
+    assert _pod(builders.build_deployment(model, chosen, settings))["containers"][0]["image"] == (
+        "registry.example/rt:1"
+    )

@@ -75,7 +75,7 @@ def _job(
     pod_labels = {**labels, CLAIM_LABEL: claim}
     container = {
         "name": "rerank-repo",
-        "image": spec.export.image or settings.job_image,
+        "image": spec.export.image or settings.export_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": command[:1],
         "args": command[1:],
