@@ -9,6 +9,7 @@ from rerank_operator.builders.pod import (
     claim_volume,
     container_security_context,
     empty_dir,
+    owned_metadata,
     placement_fields,
     pod_security_context,
     resources,
@@ -99,12 +100,7 @@ def _job(
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": model.namespace,
-            "labels": labels,
-            "ownerReferences": [model.owner_reference()],
-        },
+        "metadata": owned_metadata(model, name, labels),
         "spec": {
             "backoffLimit": backoff_limit,
             "activeDeadlineSeconds": deadline_seconds,

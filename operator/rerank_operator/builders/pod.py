@@ -13,6 +13,16 @@ MODELS_MOUNT = "/models"
 HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
 
 
+def owned_metadata(model: ModelIdentity, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    """Metadata of a child the RerankModel controls: garbage-collected with it."""
+    return {
+        "name": name,
+        "namespace": model.namespace,
+        "labels": labels,
+        "ownerReferences": [model.owner_reference()],
+    }
+
+
 def pod_security_context(settings: OperatorSettings) -> dict[str, Any]:
     """Non-root pod; fsGroup lets the non-root user write the model volume (Jobs only write)."""
     return {

@@ -10,6 +10,7 @@ from rerank_operator.builders.pod import (
     claim_volume,
     container_security_context,
     empty_dir,
+    owned_metadata,
     placement_fields,
     pod_security_context,
     resources,
@@ -140,12 +141,7 @@ def build_deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {
-            "name": child_name(model),
-            "namespace": model.namespace,
-            "labels": labels,
-            "ownerReferences": [model.owner_reference()],
-        },
+        "metadata": owned_metadata(model, child_name(model), labels),
         "spec": deployment_spec,
     }
 
@@ -155,12 +151,7 @@ def build_service(model: ModelIdentity, spec: RerankModelSpec) -> dict[str, Any]
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": child_name(model),
-            "namespace": model.namespace,
-            "labels": common_labels(model, "runtime"),
-            "ownerReferences": [model.owner_reference()],
-        },
+        "metadata": owned_metadata(model, child_name(model), common_labels(model, "runtime")),
         "spec": {
             "type": spec.service.type,
             "selector": runtime_selector(model),
@@ -176,12 +167,7 @@ def build_hpa(model: ModelIdentity, spec: RerankModelSpec) -> dict[str, Any] | N
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": {
-            "name": child_name(model),
-            "namespace": model.namespace,
-            "labels": common_labels(model, "runtime"),
-            "ownerReferences": [model.owner_reference()],
-        },
+        "metadata": owned_metadata(model, child_name(model), common_labels(model, "runtime")),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": child_name(model)},
             "minReplicas": spec.autoscaling.min_replicas,
