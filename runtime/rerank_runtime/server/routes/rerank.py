@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -74,44 +75,33 @@ async def _rerank(
     return JSONResponse(content, headers=headers)
 
 
-@router.post("/v1/rerank", summary="Rerank (Cohere v1)", response_model=RerankResponse, responses=_ERRORS)
-async def rerank_v1(body: RerankRequest, service: ServiceDep, settings: SettingsDep) -> JSONResponse:
-    """Cohere v1 rerank: documents may be objects; `rank_fields` picks the fields scored."""
-    return await _rerank(body, service, settings, "1")
+def _cohere_endpoint(api_version: str) -> Callable[..., Awaitable[JSONResponse]]:
+    async def endpoint(body: RerankRequest, service: ServiceDep, settings: SettingsDep) -> JSONResponse:
+        return await _rerank(body, service, settings, api_version)
+
+    return endpoint
 
 
-@router.post("/v2/rerank", summary="Rerank (Cohere v2)", response_model=RerankResponse, responses=_ERRORS)
-async def rerank_v2(body: RerankRequest, service: ServiceDep, settings: SettingsDep) -> JSONResponse:
-    """Cohere v2 rerank."""
-    return await _rerank(body, service, settings, "2")
+# (path, summary, meta.api_version of the answer). The cohere SDK concatenates its base_url and `/v1/rerank`
+# or `/v2/rerank`, so a base_url ending in `/v3` (OVMS's prefix) lands on `/v3/v1/rerank` or `/v3/v2/rerank`.
+_COHERE_ROUTES = [
+    ("/v1/rerank", "Rerank (Cohere v1; object documents with rank_fields)", "1"),
+    ("/v2/rerank", "Rerank (Cohere v2)", "2"),
+    ("/v3/rerank", "Rerank (OpenVINO Model Server path)", "2"),
+    ("/v3/v1/rerank", "Rerank (Cohere v1 SDK with base_url .../v3)", "1"),
+    ("/v3/v2/rerank", "Rerank (Cohere v2 SDK with base_url .../v3)", "2"),
+]
 
-
-@router.post("/v3/rerank", summary="Rerank (OVMS path)", response_model=RerankResponse, responses=_ERRORS)
-async def rerank_v3(body: RerankRequest, service: ServiceDep, settings: SettingsDep) -> JSONResponse:
-    """OpenVINO Model Server's rerank path."""
-    return await _rerank(body, service, settings, "2")
-
-
-@router.post(
-    "/v3/v1/rerank",
-    summary="Rerank (Cohere v1 SDK with base_url .../v3)",
-    response_model=RerankResponse,
-    responses=_ERRORS,
-)
-async def rerank_v3_v1(body: RerankRequest, service: ServiceDep, settings: SettingsDep) -> JSONResponse:
-    """What the Cohere v1 client calls when its base_url ends in `/v3`."""
-    return await _rerank(body, service, settings, "1")
-
-
-@router.post(
-    "/v3/v2/rerank",
-    summary="Rerank (Cohere v2 SDK with base_url .../v3)",
-    response_model=RerankResponse,
-    responses=_ERRORS,
-)
-async def rerank_v3_v2(body: RerankRequest, service: ServiceDep, settings: SettingsDep) -> JSONResponse:
-    """What the Cohere v2 client calls when its base_url ends in `/v3`."""
-    return await _rerank(body, service, settings, "2")
+for _path, _summary, _version in _COHERE_ROUTES:
+    router.add_api_route(
+        _path,
+        _cohere_endpoint(_version),
+        methods=["POST"],
+        summary=_summary,
+        response_model=RerankResponse,
+        responses=_ERRORS,
+        name=f"rerank {_path}",
+    )
 
 
 @router.post(
