@@ -25,6 +25,7 @@ automatically, so ``-m "not cluster"`` runs never pay for the control plane.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import secrets
@@ -212,25 +213,85 @@ def _serves_resources(kube_rest: KubeRest, crd: dict[str, Any]) -> bool:
     return True
 
 
+GC_PROBE_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "gcprobes.probe.test.rerank.dev"},
+    "spec": {
+        "group": "probe.test.rerank.dev",
+        "names": {"kind": "GCProbe", "plural": "gcprobes", "singular": "gcprobe", "listKind": "GCProbeList"},
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                },
+            }
+        ],
+    },
+}
+
+
+def _wait_for_garbage_collector(kube_rest: KubeRest, timeout: float = 75.0) -> None:
+    """Wait until the garbage collector watches the newest CRDs.
+
+    kube-controller-manager re-reads discovery every 30 s; until then it cannot resolve owners of a new kind,
+    and dependents of an owner deleted in that window may never be collected. A probe kind installed after the
+    CRDs under test is known to the collector exactly when they are: delete a probe owner and watch its
+    dependent go.
+    """
+    probes = "/apis/probe.test.rerank.dev/v1/namespaces/default/gcprobes"
+    deadline = time.monotonic() + timeout
+    for attempt in itertools.count():
+        name = f"probe-{os.getpid()}-{attempt}"
+        kind = {"apiVersion": "probe.test.rerank.dev/v1", "kind": "GCProbe"}
+        owner = kube_rest.request("POST", probes, {**kind, "metadata": {"name": name}})
+        reference = {**kind, "name": name, "uid": owner["metadata"]["uid"]}
+        dependent = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "ownerReferences": [reference]},
+        }
+        kube_rest.request("POST", "/api/v1/namespaces/default/configmaps", dependent)
+        kube_rest.request("DELETE", f"{probes}/{name}")
+        collected_by = time.monotonic() + 3.0
+        while time.monotonic() < collected_by:
+            try:
+                kube_rest.get(f"/api/v1/namespaces/default/configmaps/{name}")
+            except KubeApiError as error:
+                if error.status == 404:
+                    return
+                raise
+            time.sleep(0.1)
+        with contextlib.suppress(KubeApiError):
+            kube_rest.request("DELETE", f"/api/v1/namespaces/default/configmaps/{name}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the garbage collector did not pick up new CRDs within {timeout}s")
+
+
 @pytest.fixture(scope="session")
 def install_crds(kube_rest: KubeRest) -> Callable[..., list[str]]:
-    """``install_crds(*paths)``: server-side apply CRD files (multi-document YAML), wait until Established."""
+    """``install_crds(*paths)``: server-side apply CRD files (multi-document YAML), wait until Established
+    and until the garbage collector can resolve owners of the new kinds; returns the CRD names."""
 
     def install(*paths: str | Path, timeout: float = 30.0) -> list[str]:
         names: list[str] = []
-        for path in paths:
-            for document in _load_documents(Path(path)):
-                if document.get("kind") != "CustomResourceDefinition":
-                    continue
-                name = document["metadata"]["name"]
-                kube_rest.request(
-                    "PATCH",
-                    f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
-                    document,
-                    params={"fieldManager": FIELD_MANAGER, "force": "true"},
-                    content_type="application/apply-patch+yaml",
-                )
-                names.append(name)
+        documents = [d for path in paths for d in _load_documents(Path(path))]
+        for document in [*documents, GC_PROBE_CRD]:
+            if document.get("kind") != "CustomResourceDefinition":
+                continue
+            name = document["metadata"]["name"]
+            kube_rest.request(
+                "PATCH",
+                f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
+                document,
+                params={"fieldManager": FIELD_MANAGER, "force": "true"},
+                content_type="application/apply-patch+yaml",
+            )
+            names.append(name)
         deadline = time.monotonic() + timeout
         for name in names:
             while True:
@@ -243,7 +304,8 @@ def install_crds(kube_rest: KubeRest) -> Callable[..., list[str]]:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"CRD {name} not Established after {timeout}s: {conditions}")
                 time.sleep(0.05)
-        return names
+        _wait_for_garbage_collector(kube_rest)
+        return names[:-1]
 
     return install
 

@@ -427,6 +427,11 @@ class _Mounter:
             self._volumes.append(self.resolve(path)[0])
 
 
+def _covers(mount_path: PurePosixPath, path: PurePosixPath) -> bool:
+    """True when a mount at ``mount_path`` hides ``path``."""
+    return path == mount_path or mount_path in path.parents
+
+
 def _sandbox_main(spec_path: str) -> NoReturn:
     """Set up the mounts of the JSON spec, then exec the container's program; exit 127 on failure."""
     spec = json.loads(Path(spec_path).read_text())
@@ -441,10 +446,22 @@ def _sandbox_main(spec_path: str) -> NoReturn:
         mounter.mount_scratch()
         mounts = sorted(spec["mounts"], key=lambda m: m["path"].rstrip("/").count("/"))
         working_dir = spec.get("working_dir") or "/"
-        if any(mounter.needs_new_root(p) for p in [*(m["path"] for m in mounts), working_dir]):
+        # Host directories the program itself lives in (the project and its venv, say under /tmp in a CI
+        # clone) stand in for the image: a volume mounted over an ancestor (an emptyDir at /tmp) must not hide
+        # them, nor the sources of later mounts. Mounting into a new root keeps the host view until chroot.
+        keep = [PurePosixPath(p) for p in spec.get("keep_visible", [])]
+        hidden = [
+            p
+            for p in [*keep, *(PurePosixPath(m["source"]) for m in mounts)]
+            if any(_covers(PurePosixPath(m["path"]), p) for m in mounts)
+        ]
+        if hidden or any(mounter.needs_new_root(p) for p in [*(m["path"] for m in mounts), working_dir]):
             mounter.shadow(PurePosixPath("/"))
         for mount in mounts:
             mounter.bind(mount["source"], mount["path"], mount["read_only"])
+        for path in keep:
+            if path in hidden and Path(path).is_dir():
+                mounter.bind(str(path), str(path), read_only=True)
         mounter.ensure(working_dir, is_dir=True)
         if mounter.root != "/":
             os.chroot(mounter.root)
@@ -780,6 +797,7 @@ class _PodWorker(threading.Thread):
             "mounts": self._mounts(container),
             "working_dir": container.spec.get("workingDir"),
             "scratch": str(scratch),
+            "keep_visible": self.kubelet.program_dirs(),
             "termination_log": str(container.termination_log),
             "parent_pid": os.getpid(),
             "host_mount_namespace": Path("/proc/self/ns/mnt").stat().st_ino,
@@ -1381,6 +1399,16 @@ class ProcessKubelet:
         self._started = False
 
     # -- public API -----------------------------------------------------------------------------------------
+
+    def program_dirs(self) -> list[str]:
+        """Host directories every container needs, as its image would: Python, the project, the shims."""
+        project = Path(__file__).resolve().parents[2]
+        candidates = [Path(sys.prefix), Path(sys.base_prefix), project, self.shim_dir]
+        dirs: list[Path] = []
+        for path in sorted({p.resolve() for p in candidates}, key=lambda p: len(p.parts)):
+            if not any(path == d or d in path.parents for d in dirs):
+                dirs.append(path)
+        return [str(d) for d in dirs]
 
     def start(self) -> ProcessKubelet:
         """Register the node and watch pods (and PVCs); returns once the first listing is processed."""
