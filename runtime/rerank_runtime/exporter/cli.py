@@ -29,8 +29,12 @@ TERMINATION_LOG = Path("/dev/termination-log")
 TERMINATION_LOG_ENV = "RERANK_TERMINATION_LOG"
 
 
-class SignalInterruptError(Exception):
-    """SIGTERM/SIGINT arrived; raised so staging folders are cleaned up on the way out."""
+class SignalInterruptError(BaseException):
+    """SIGTERM/SIGINT arrived; raised so staging folders are cleaned up on the way out.
+
+    A BaseException, like KeyboardInterrupt: the `except Exception` blocks that translate library errors
+    (an unsupported tokenizer, say) must not turn an interruption into a misleading error line.
+    """
 
 
 def _termination_log() -> Path | None:
