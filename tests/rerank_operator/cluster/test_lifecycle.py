@@ -23,7 +23,8 @@ from tests.support.controlplane import free_loopback_port
 from tests.support.fake_hub import FakeHub
 from tests.support.kubelet import KubeApiError, KubeRest, ProcessKubelet
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+# Exporter, runtime and operator together: real export Jobs and rerank-serve pods on the real control plane.
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.slow]
 
 HUB_REPO = "test-org/minilm-reranker"
 API = "/apis/serving.rerank.dev/v1alpha1"
