@@ -2,7 +2,8 @@
 
     rerank-bench --url http://127.0.0.1:8000 --model NAME --dataset synthetic --synthetic-length 500 \\
         --batch-size 20 --requests 50 --request-rate inf
-    rerank-bench compare --repository DIR --model NAME --hf-dir DIR [--write-markdown docs/benchmarks.md]
+    rerank-bench compare --repository DIR --model NAME --hf-dir DIR [--infinity-bin PATH] \\
+        [--write-markdown docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def _load_parser() -> argparse.ArgumentParser:
 def _compare_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rerank-bench compare",
-        description="Raw OpenVINO vs rerank-serve vs Hugging Face in-process, in one run on this machine.",
+        description="Raw OpenVINO vs rerank-serve vs Hugging Face in-process (and Infinity), in one run on "
+        "this machine.",
     )
     parser.add_argument("--repository", type=Path, required=True)
     parser.add_argument("--model", required=True)
@@ -55,6 +57,12 @@ def _compare_parser() -> argparse.ArgumentParser:
     parser.add_argument("--small-repeats", type=int, default=50)
     parser.add_argument("--max-batch-tokens", type=int, default=8192, help="padded tokens per batch (both)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra rerank-serve argument")
+    parser.add_argument(
+        "--infinity-bin",
+        type=Path,
+        help="infinity_emb executable (its own venv): also measure Infinity serving --hf-dir",
+    )
+    parser.add_argument("--infinity-arg", action="append", default=[], help="extra infinity_emb v2 argument")
     parser.add_argument("--write-markdown", type=Path, help="write the report (e.g. docs/benchmarks.md)")
     return parser
 
@@ -117,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             small_repeats=args.small_repeats,
             server_args=args.server_arg,
             max_batch_tokens=args.max_batch_tokens,
+            infinity_bin=args.infinity_bin,
+            infinity_args=args.infinity_arg,
             command=command_line(argv),
         )
         report = render_markdown(result)

@@ -7,6 +7,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -83,8 +84,13 @@ async def run_workload(
     request_timeout: float = 600.0,
     seed: int = 0,
     progress: TextIO | None = sys.stderr,
+    token_counts: Sequence[int] | None = None,
 ) -> BenchResult:
-    """Send every request of `workload` (Poisson arrivals at `request_rate`, or all at once for inf)."""
+    """Send every request of `workload` (Poisson arrivals at `request_rate`, or all at once for inf).
+
+    Input tokens come from the answer's Cohere `meta`, or from `token_counts` (one per request, counted
+    beforehand) for servers whose answers do not count tokens.
+    """
     result = BenchResult(len(workload.requests), workload.documents)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limit = asyncio.Semaphore(max_concurrency or len(workload.requests) or 1)
@@ -96,7 +102,7 @@ async def run_workload(
         base_url=url, timeout=request_timeout, headers=headers, limits=limits
     ) as client:
 
-        async def one(query: str, documents: list[str]) -> None:
+        async def one(index: int, query: str, documents: list[str]) -> None:
             nonlocal done
             body: dict[str, Any] = {"query": query, "documents": documents}
             if model:
@@ -112,7 +118,11 @@ async def run_workload(
                     if response.status_code == 200:
                         result.latencies.append(time.perf_counter() - started)
                         result.succeeded += 1
-                        result.input_tokens += int(response.json()["meta"]["tokens"]["input_tokens"])
+                        result.input_tokens += (
+                            token_counts[index]
+                            if token_counts is not None
+                            else int(response.json()["meta"]["tokens"]["input_tokens"])
+                        )
                     else:
                         key = str(response.status_code)
                         result.errors[key] = result.errors.get(key, 0) + 1
@@ -122,8 +132,8 @@ async def run_workload(
 
         started = time.perf_counter()
         tasks = []
-        for query, documents in workload.requests:
-            tasks.append(asyncio.create_task(one(query, documents)))
+        for index, (query, documents) in enumerate(workload.requests):
+            tasks.append(asyncio.create_task(one(index, query, documents)))
             if request_rate != float("inf"):
                 await asyncio.sleep(rng.expovariate(request_rate))
         await asyncio.gather(*tasks)

@@ -4,7 +4,9 @@
   length into batches and run through an AsyncInferQueue with every infer request busy: the stack's ceiling;
 - the server: `rerank-serve` in its own process, the same workload sent by concurrent clients over HTTP;
 - one small request (the classic "welcome" example, two short documents) through the server vs Hugging Face
-  transformers and sentence-transformers' CrossEncoder called in-process (torch on CPU).
+  transformers and sentence-transformers' CrossEncoder called in-process (torch on CPU);
+- optionally Infinity (`infinity-emb`, installed on its own, `--infinity-bin`): started on 127.0.0.1 with the
+  Hugging Face folder after the server has stopped, sent the same workload and the same small request.
 
 Measurements alternate (raw, server, raw, server, ...) and the best of each is kept, so a burst of load from
 other processes on a shared machine does not decide the ratio.
@@ -37,6 +39,7 @@ from rerank_runtime.repository import ModelRepository, ModelVersion
 
 SMALL_QUERY = "welcome"
 SMALL_DOCUMENTS = ["good morning", "farewell"]
+INFINITY_MODEL = "reranker"
 
 
 @dataclass
@@ -56,6 +59,10 @@ class Comparison:
     hf_tokens_per_s: float | None = None
     inference_precision: str = ""
     max_batch_tokens: int = 8192
+    infinity_run: BenchResult | None = None
+    infinity_small_ms: float | None = None
+    infinity_version: str = ""
+    infinity_command: str = ""
 
     def round_ratios(self) -> list[float]:
         """Server over raw throughput of each round (both measured back to back)."""
@@ -123,31 +130,31 @@ def _free_port() -> int:
 
 
 class ServerProcess:
-    """`rerank-serve` in a child process, started and stopped around the measurements."""
+    """A server in a child process on 127.0.0.1, started and stopped around its measurements."""
 
-    def __init__(self, repository: Path, model: str, precision: str, extra: list[str]) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        executable = Path(sys.executable).with_name("rerank-serve")
-        self.command = [
-            str(executable), "--repository", str(repository), "--model", model, "--host", "127.0.0.1",
-            "--port", str(self.port), "--precision", precision, "--log-level", "warning", *extra,
-        ]  # fmt: skip
-        self.process = subprocess.Popen(self.command)
+    def __init__(
+        self, name: str, command: list[str], port: int, ready_path: str, env: dict[str, str] | None = None
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.command = command
+        self.ready_path = ready_path
+        self.process = subprocess.Popen(command, env=env)
 
     def wait_ready(self, timeout: float = 300.0) -> None:
         """Block until the server reports ready."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"rerank-serve exited with {self.process.returncode}")
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}")
             try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        raise TimeoutError("rerank-serve did not become ready")
+        raise TimeoutError(f"{self.name} did not become ready")
 
     def stop(self) -> None:
         """SIGTERM and wait (the server drains and exits 0)."""
@@ -158,16 +165,39 @@ class ServerProcess:
             self.process.kill()
 
 
-def measure_small_server(url: str, model: str, repeats: int) -> float:
+def start_rerank_serve(repository: Path, model: str, precision: str, extra: list[str]) -> ServerProcess:
+    """`rerank-serve` from this environment on a free loopback port."""
+    port = _free_port()
+    executable = Path(sys.executable).with_name("rerank-serve")
+    command = [
+        str(executable), "--repository", str(repository), "--model", model, "--host", "127.0.0.1",
+        "--port", str(port), "--precision", precision, "--log-level", "warning", *extra,
+    ]  # fmt: skip
+    return ServerProcess("rerank-serve", command, port, "/v2/health/ready")
+
+
+def start_infinity(binary: Path, hf_dir: Path, extra: list[str]) -> ServerProcess:
+    """`infinity_emb v2` (torch, CPU) serving `hf_dir` on a free loopback port, offline, without telemetry."""
+    port = _free_port()
+    command = [
+        str(binary), "v2", "--model-id", str(hf_dir), "--served-model-name", INFINITY_MODEL,
+        "--host", "127.0.0.1", "--port", str(port), "--url-prefix", "", "--engine", "torch",
+        "--device", "cpu", "--log-level", "warning", *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
+    return ServerProcess("infinity", command, port, "/health", env)
+
+
+def measure_small_server(url: str, model: str, repeats: int, path: str = "/v2/rerank") -> float:
     """Median latency (ms) of the classic two-document request, one at a time."""
     body = {"model": model, "query": SMALL_QUERY, "documents": SMALL_DOCUMENTS}
     latencies = []
     with httpx.Client(base_url=url, timeout=60) as client:
         for _ in range(5):
-            client.post("/v2/rerank", json=body).raise_for_status()
+            client.post(path, json=body).raise_for_status()
         for _ in range(repeats):
             started = time.perf_counter()
-            client.post("/v2/rerank", json=body).raise_for_status()
+            client.post(path, json=body).raise_for_status()
             latencies.append(time.perf_counter() - started)
     return statistics.median(latencies) * 1000
 
@@ -215,6 +245,44 @@ def measure_hf(hf_dir: Path, workload: Workload, repeats: int, throughput_reques
     return figures
 
 
+def truncated_token_counts(hf_dir: Path, workload: Workload) -> list[int]:
+    """Tokens per request as a server that truncates each pair at the model's length (Infinity) sees them."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    return [
+        sum(len(ids) for ids in tokenizer([query] * len(documents), documents, truncation=True)["input_ids"])
+        for query, documents in workload.requests
+    ]
+
+
+def measure_infinity(
+    result: Comparison, binary: Path, hf_dir: Path, workload: Workload, small_repeats: int, extra: list[str]
+) -> None:
+    """Infinity's tokens/s on `workload` and its small-request latency, into `result`."""
+    counts = truncated_token_counts(hf_dir, workload)
+    server = start_infinity(binary, hf_dir, extra)
+    result.infinity_command = " ".join(shlex.quote(arg) for arg in server.command)
+    try:
+        server.wait_ready()
+        result.infinity_version = str(httpx.get(f"{server.url}/openapi.json").json()["info"]["version"])
+        warm = workload.requests[:2]
+        asyncio.run(
+            run_workload(
+                server.url, INFINITY_MODEL, Workload(workload.name, warm), path="/rerank", progress=None,
+                token_counts=counts[:2],
+            )
+        )  # fmt: skip
+        print("Infinity ...", file=sys.stderr)
+        result.infinity_run = asyncio.run(
+            run_workload(server.url, INFINITY_MODEL, workload, path="/rerank", token_counts=counts)
+        )
+        print(f"  Infinity {result.infinity_run.tokens_per_second:,.0f} tokens/s", file=sys.stderr)
+        result.infinity_small_ms = measure_small_server(server.url, INFINITY_MODEL, small_repeats, "/rerank")
+    finally:
+        server.stop()
+
+
 def run_comparison(
     *,
     repository: Path,
@@ -229,8 +297,12 @@ def run_comparison(
     server_args: list[str],
     command: str,
     max_batch_tokens: int = 8192,
+    infinity_bin: Path | None = None,
+    infinity_args: list[str] | None = None,
 ) -> Comparison:
     """Measure everything (see the module docstring) and return the figures."""
+    if infinity_bin is not None and hf_dir is None:
+        raise SystemExit("error: --infinity-bin needs --hf-dir (the folder Infinity serves)")
     version = ModelRepository(repository).resolve(model)
     if version is None:
         raise SystemExit(f"error: {model!r} has no servable version in {repository}")
@@ -243,7 +315,7 @@ def run_comparison(
         workload=f"{requests} requests x {batch_size} docs x {length} words",
         max_batch_tokens=max_batch_tokens,
     )
-    server = ServerProcess(
+    server = start_rerank_serve(
         repository, model, precision, ["--max-batch-tokens", str(max_batch_tokens), *server_args]
     )
     try:
@@ -263,6 +335,8 @@ def run_comparison(
         result.server_small_ms = measure_small_server(server.url, model, small_repeats)
     finally:
         server.stop()
+    if infinity_bin is not None and hf_dir is not None:
+        measure_infinity(result, infinity_bin, hf_dir, workload, small_repeats, infinity_args or [])
     if hf_dir is not None:
         figures = measure_hf(hf_dir, workload, small_repeats, throughput_requests=min(3, requests))
         result.hf_small_ms = figures["hf_small_ms"]
@@ -318,6 +392,14 @@ def render_markdown(result: Comparison) -> str:
             f"| Hugging Face transformers in-process (torch CPU, truncates instead of chunking) | "
             f"{result.hf_tokens_per_s:,.0f} | {result.hf_tokens_per_s / raw:.2f} |"
         )
+    infinity = result.infinity_run
+    if infinity is not None:
+        lines.append(
+            f"| Infinity {result.infinity_version} over HTTP (torch CPU float32, its `--dtype auto` on CPU; "
+            "truncates instead of chunking), "
+            f"{infinity.requests} concurrent requests | {infinity.tokens_per_second:,.0f} | "
+            f"{infinity.tokens_per_second / raw:.2f} |"
+        )
     summary = best.summary()
     lines += [
         "",
@@ -333,6 +415,24 @@ def render_markdown(result: Comparison) -> str:
         "back to back in each round because other processes share this machine's cores. The server cannot be",
         "faster than the IR on the same shapes: ratios above 1 show the size of that noise.",
         "",
+    ]
+    if infinity is not None:
+        lines += [
+            "Infinity run (once, after the server rounds, while nothing else of this run was running): "
+            f"{infinity.succeeded}/{infinity.requests} succeeded, {infinity.input_tokens:,} input tokens "
+            "(the pairs truncated at the model's length, counted with its tokenizer: Infinity's `usage` "
+            f"counts characters) in {infinity.duration:.1f} s; latency median "
+            f"{infinity.latency(0.5) * 1000:.0f} ms. rerank-serve vs Infinity on the same "
+            f"{infinity.requests} requests: "
+            f"{best.tokens_per_second / infinity.tokens_per_second:.2f}x Infinity's tokens/s; Infinity took "
+            f"{infinity.duration / best.duration:.2f}x the server's wall time. Infinity was started as:",
+            "",
+            "```",
+            result.infinity_command,
+            "```",
+            "",
+        ]
+    lines += [
         "## Small request latency (query `welcome`, 2 short documents, one request at a time)",
         "",
         "| | median ms | ratio to Hugging Face |",
@@ -351,11 +451,21 @@ def render_markdown(result: Comparison) -> str:
             f"| sentence-transformers CrossEncoder in-process | {result.cross_encoder_small_ms:.1f} | "
             f"{result.cross_encoder_small_ms / hf:.2f} |"
         )
-    lines += [
-        "",
-        "Infinity (infinity-emb) is not installed in this environment, so it is not measured.",
-        "",
-    ]
+    if result.infinity_small_ms is not None:
+        infinity_ratio = f"{result.infinity_small_ms / hf:.2f}" if hf else "n/a"
+        lines.append(
+            f"| Infinity {result.infinity_version} over HTTP (includes the HTTP round trip) "
+            f"| {result.infinity_small_ms:.1f} | {infinity_ratio} |"
+        )
+    lines.append("")
+    if result.infinity_small_ms is None:
+        lines += ["Infinity (infinity-emb) was not measured in this run (no `--infinity-bin`).", ""]
+    else:
+        lines += [
+            f"rerank-serve answers this request in {result.server_small_ms / result.infinity_small_ms:.2f}x "
+            "Infinity's median time.",
+            "",
+        ]
     return "\n".join(lines)
 
 
