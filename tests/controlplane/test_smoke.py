@@ -212,8 +212,17 @@ def test_service_account_without_rights_is_forbidden(
     kube_rest.request(
         "POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings", binding
     )
-    # The same identity may list once bound (RBAC changes apply without delay); other verbs stay forbidden.
-    assert as_reader.list_namespaced_config_map(namespace).items is not None
+    # The same identity may list once bound; the authorizer reads RBAC through an informer cache, so the new
+    # binding takes effect within moments, not synchronously. Other verbs stay forbidden.
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            assert as_reader.list_namespaced_config_map(namespace).items is not None
+            break
+        except ApiException as error:
+            if error.status != 403 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
     with pytest.raises(ApiException) as still_forbidden:
         as_reader.delete_namespaced_config_map("kube-root-ca.crt", namespace)
     assert still_forbidden.value.status == 403
