@@ -213,29 +213,43 @@ def _serves_resources(kube_rest: KubeRest, crd: dict[str, Any]) -> bool:
     return True
 
 
-GC_PROBE_CRD: dict[str, Any] = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "gcprobes.probe.test.rerank.dev"},
-    "spec": {
-        "group": "probe.test.rerank.dev",
-        "names": {"kind": "GCProbe", "plural": "gcprobes", "singular": "gcprobe", "listKind": "GCProbeList"},
-        "scope": "Namespaced",
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                },
-            }
-        ],
-    },
-}
+GC_PROBE_GROUP = "probe.test.rerank.dev"
 
 
-def _wait_for_garbage_collector(kube_rest: KubeRest, timeout: float = 75.0) -> None:
+def _gc_probe_crd() -> dict[str, Any]:
+    """A throwaway kind, new to the garbage collector: it learns it in the same discovery pass as the CRDs
+    applied just before it (a kind it knew already would prove nothing about them)."""
+    suffix = secrets.token_hex(4)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"gcprobes{suffix}.{GC_PROBE_GROUP}"},
+        "spec": {
+            "group": GC_PROBE_GROUP,
+            "names": {
+                "kind": f"GCProbe{suffix}",
+                "plural": f"gcprobes{suffix}",
+                "singular": f"gcprobe{suffix}",
+                "listKind": f"GCProbe{suffix}List",
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                    },
+                }
+            ],
+        },
+    }
+
+
+def _wait_for_garbage_collector(
+    kube_rest: KubeRest, probe_crd: dict[str, Any], timeout: float = 75.0
+) -> None:
     """Wait until the garbage collector watches the newest CRDs.
 
     kube-controller-manager re-reads discovery every 30 s; until then it cannot resolve owners of a new kind,
@@ -243,11 +257,12 @@ def _wait_for_garbage_collector(kube_rest: KubeRest, timeout: float = 75.0) -> N
     CRDs under test is known to the collector exactly when they are: delete a probe owner and watch its
     dependent go.
     """
-    probes = "/apis/probe.test.rerank.dev/v1/namespaces/default/gcprobes"
+    names = probe_crd["spec"]["names"]
+    probes = f"/apis/{GC_PROBE_GROUP}/v1/namespaces/default/{names['plural']}"
     deadline = time.monotonic() + timeout
     for attempt in itertools.count():
-        name = f"probe-{os.getpid()}-{attempt}"
-        kind = {"apiVersion": "probe.test.rerank.dev/v1", "kind": "GCProbe"}
+        name = f"{names['singular']}-{attempt}"
+        kind = {"apiVersion": f"{GC_PROBE_GROUP}/v1", "kind": names["kind"]}
         owner = kube_rest.request("POST", probes, {**kind, "metadata": {"name": name}})
         reference = {**kind, "name": name, "uid": owner["metadata"]["uid"]}
         dependent = {
@@ -280,7 +295,8 @@ def install_crds(kube_rest: KubeRest) -> Callable[..., list[str]]:
     def install(*paths: str | Path, timeout: float = 30.0) -> list[str]:
         names: list[str] = []
         documents = [d for path in paths for d in _load_documents(Path(path))]
-        for document in [*documents, GC_PROBE_CRD]:
+        probe_crd = _gc_probe_crd()
+        for document in [*documents, probe_crd]:
             if document.get("kind") != "CustomResourceDefinition":
                 continue
             name = document["metadata"]["name"]
@@ -304,7 +320,13 @@ def install_crds(kube_rest: KubeRest) -> Callable[..., list[str]]:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"CRD {name} not Established after {timeout}s: {conditions}")
                 time.sleep(0.05)
-        _wait_for_garbage_collector(kube_rest)
+        try:
+            _wait_for_garbage_collector(kube_rest, probe_crd)
+        finally:
+            with contextlib.suppress(KubeApiError):
+                kube_rest.request(
+                    "DELETE", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{names[-1]}"
+                )
         return names[:-1]
 
     return install
