@@ -320,13 +320,9 @@ def install_crds(kube_rest: KubeRest) -> Callable[..., list[str]]:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"CRD {name} not Established after {timeout}s: {conditions}")
                 time.sleep(0.05)
-        try:
-            _wait_for_garbage_collector(kube_rest, probe_crd)
-        finally:
-            with contextlib.suppress(KubeApiError):
-                kube_rest.request(
-                    "DELETE", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{names[-1]}"
-                )
+        # The probe CRD stays: deleting a CRD leaves the collector with a monitor whose list fails until its
+        # next discovery pass, and it stalls collection meanwhile.
+        _wait_for_garbage_collector(kube_rest, probe_crd)
         return names[:-1]
 
     return install
