@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import http.client
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.kubelet import KubeRest, ProcessKubelet
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.cluster
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def pods_of(kube_rest: KubeRest, namespace: str, selector: str) -> list[dict[str, Any]]:

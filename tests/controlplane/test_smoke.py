@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.support.controlplane import ControlPlane
 from tests.support.kubelet import KubeApiError, KubeRest
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -61,16 +62,6 @@ WIDGET_CRD: dict[str, Any] = {
         ],
     },
 }
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_crd_schema_fills_defaults_and_cel_rule_rejects_bad_objects(
