@@ -1294,7 +1294,8 @@ class _EnvironmentBuilder:
             "HOME": os.environ.get("HOME", "/root"),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "HOSTNAME": worker.pod_name,
-            "PYTHONPATH": str(kubelet.shim_dir),
+            # The checkout running the tests, ahead of whatever an editable install points at.
+            "PYTHONPATH": os.pathsep.join([str(kubelet.shim_dir), *kubelet.source_roots()]),
             "PROCESS_KUBELET_POD_IP": worker.pod_ip,
         }
         server = urllib.parse.urlsplit(kubelet.rest.server)
@@ -1399,6 +1400,11 @@ class ProcessKubelet:
         self._started = False
 
     # -- public API -----------------------------------------------------------------------------------------
+
+    def source_roots(self) -> list[str]:
+        """The project's source roots (operator/, runtime/) of the checkout these tests run from."""
+        project = Path(__file__).resolve().parents[2]
+        return [str(project / "operator"), str(project / "runtime")]
 
     def program_dirs(self) -> list[str]:
         """Host directories every container needs, as its image would: Python, the project, the shims."""
