@@ -1,20 +1,34 @@
-"""Dynamic batching of rows from concurrent requests under a padded-token budget, grouped by length.
+"""Dynamic batching of rows from concurrent requests under a padded-token budget, grouped by length, with
+time-based admission, fair sharing between requests and cancellation.
 
-Rows wait in length buckets. Whenever an OpenVINO infer request is idle, the dispatcher takes the bucket
-holding the oldest row (so nothing starves), fills a batch from it and then from the neighbouring buckets
-while the padded size (rows x longest row) stays within the budget. Grouping by length keeps padding, which
-is pure wasted compute, small. The queue is bounded: when it is full new work is refused with a retry hint
-instead of letting latency grow without limit.
+- **Batches.** Rows wait in length buckets. Whenever an OpenVINO infer request is idle, the dispatcher takes
+  the bucket whose head comes first in the fair order below, fills a batch from it and then from the
+  neighbouring buckets while the padded size (rows x longest row) stays within the budget. Grouping by
+  length keeps padding, which is pure wasted compute, small.
+- **Fairness (start-time fair queueing by tokens).** Each row carries a tag: the virtual time when its
+  request arrived plus the tokens of that request's earlier rows; batches are seeded with the smallest tag.
+  Requests therefore share the model like processor sharing: a 1-row request that arrives behind a
+  1000-row request joins one of the next batches instead of waiting for all 1000 rows, and two large
+  requests progress side by side. Work is never left idle to enforce this (the batch fills up).
+- **Admission by time.** From the measured throughput (tokens/s of the loaded version, seeded by its
+  warm-up) the batcher estimates when a new request would complete under that fair order: the tokens ahead
+  of its last row are, for every waiting request, the smaller of its queued tokens and the new request's
+  tokens. A request whose estimate passes its deadline is refused at once (`OverloadedError`, 429) with a
+  retry hint derived from the estimate. An empty queue takes any request (a request larger than the budget
+  can still be served alone). A row bound stays as a memory bound.
+- **Deadlines and cancellation.** A request whose deadline passes while it still has queued rows fails
+  with `DeadlineExceededError` (503). A request whose caller goes away (its future is cancelled) or fails
+  leaves the queue at once; its rows already in a running batch are dropped when the batch returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -22,11 +36,13 @@ from typing import Protocol
 import numpy as np
 
 from rerank_runtime.engine.chunking import Row, RowBatch, pad_rows
-from rerank_runtime.engine.errors import OverloadedError
+from rerank_runtime.engine.errors import DeadlineExceededError, OverloadedError
 from rerank_runtime.engine.inference import BatchDone, Logits
 
 # How many neighbouring buckets on each side may join a batch that still has room.
 _NEIGHBOUR_BUCKETS = 2
+# Weight of the past in the throughput estimate, per batch.
+_RATE_DECAY = 0.9
 
 
 class BatchRunner(Protocol):
@@ -38,30 +54,35 @@ class BatchRunner(Protocol):
         """Start one batch; `done` is called from another thread."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Submission:
     future: asyncio.Future[Logits]
     logits: Logits
     remaining: int
+    queued: int = 0
+    queued_tokens: int = 0
+    keys: set[int] = field(default_factory=set)
+    timer: asyncio.TimerHandle | None = None
 
 
-@dataclass
+@dataclass(order=True)
 class _QueuedRow:
+    tag: int
     seq: int
-    row: Row
-    owner: _Submission
-    index: int
+    row: Row = field(compare=False)
+    owner: _Submission = field(compare=False)
+    index: int = field(compare=False)
 
 
 @dataclass
 class BatchStats:
-    """Counters the batcher keeps for metrics and retry hints."""
+    """Counters the batcher keeps for metrics and estimates."""
 
     batches: int = 0
     rows: int = 0
     padded_tokens: int = 0
+    cancelled_rows: int = 0
     tokens_per_second: float = 0.0
-    _started: dict[int, float] = field(default_factory=dict)
 
 
 class Batcher:
@@ -77,8 +98,10 @@ class Batcher:
         max_batch_tokens: int,
         max_queue_rows: int,
         bucket_width: int = 32,
-        on_batch: Callable[[int, int], None] | None = None,
+        initial_tokens_per_second: float = 0.0,
+        on_batch: Callable[[int, int, float], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
+        on_cancelled: Callable[[str, int], None] | None = None,
     ) -> None:
         self._runner = runner
         self._pad_token_id = pad_token_id
@@ -89,13 +112,21 @@ class Batcher:
         self._bucket_width = bucket_width
         self._on_batch = on_batch
         self._on_queue_depth = on_queue_depth
-        self._buckets: dict[int, deque[_QueuedRow]] = {}
+        self._on_cancelled = on_cancelled
+        self._buckets: dict[int, list[_QueuedRow]] = {}
+        self._waiting: dict[_Submission, None] = {}
         self._queued = 0
         self._queued_tokens = 0
+        self._running_tokens = 0
+        self._virtual_time = 0
         self._seq = itertools.count()
         self._batch_ids = itertools.count()
         self._in_flight = 0
-        self.stats = BatchStats()
+        self._started: dict[int, float] = {}
+        # Throughput as decayed sums of tokens and busy seconds (per infer request).
+        self._rate_tokens = initial_tokens_per_second
+        self._rate_seconds = 1.0 if initial_tokens_per_second > 0 else 0.0
+        self.stats = BatchStats(tokens_per_second=initial_tokens_per_second)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: asyncio.Semaphore | None = None
         self._wakeup: asyncio.Event | None = None
@@ -125,72 +156,158 @@ class Batcher:
         if self._idle is not None:
             await self._idle.wait()
 
+    # -- estimates ------------------------------------------------------------------------------------
+
+    def _seconds(self, tokens: float) -> float:
+        rate = self.stats.tokens_per_second
+        return tokens / rate if rate > 0 else 0.0
+
+    def expected_seconds(self, tokens: int) -> float:
+        """Estimated seconds until a new request of `tokens` tokens would be scored, under the fair order."""
+        ahead = sum(min(owner.queued_tokens, tokens) for owner in self._waiting)
+        return self._seconds(ahead + tokens + self._running_tokens / max(1, self._runner.capacity))
+
     def retry_after(self) -> float:
         """Seconds the current queue needs to drain at the measured speed (at least one)."""
-        rate = self.stats.tokens_per_second
-        if rate <= 0:
-            return 1.0
-        return float(max(1, math.ceil(self._queued_tokens / rate)))
+        return float(max(1, math.ceil(self._seconds(self._queued_tokens + self._running_tokens))))
 
-    async def score(self, rows: list[Row]) -> Logits:
-        """Logits (rows x labels) for `rows`, computed in batches shared with other callers."""
-        if self._loop is None or self._wakeup is None:
-            raise RuntimeError("Batcher.start() was not called")
-        # An empty queue takes any request, so a request larger than the bound can still be served alone.
-        if self._queued and self._queued + len(rows) > self.max_queue_rows:
+    def admit(self, rows: int, tokens: int, deadline: float | None) -> float | None:
+        """Refuse (OverloadedError) work that would not fit; return the deadline the work is held to."""
+        if not self._queued:
+            if deadline is None:
+                return None
+            # An empty queue takes any request; one larger than the budget gets the time it needs.
+            return max(deadline, time.monotonic() + 2 * self.expected_seconds(tokens))
+        if self._queued + rows > self.max_queue_rows:
             raise OverloadedError(
                 f"server is busy: {self._queued} rows are queued (limit {self.max_queue_rows})",
                 retry_after=self.retry_after(),
+                reason="queue",
             )
+        if deadline is None:
+            return None
+        expected = self.expected_seconds(tokens)
+        left = deadline - time.monotonic()
+        if expected > left:
+            raise OverloadedError(
+                f"server is busy: this request would take about {expected:.1f} s, its budget is "
+                f"{max(left, 0):.1f} s",
+                retry_after=expected - max(left, 0),
+                reason="budget",
+            )
+        return deadline
+
+    # -- scoring --------------------------------------------------------------------------------------
+
+    async def score(self, rows: list[Row], deadline: float | None = None) -> Logits:
+        """Logits (rows x labels) for `rows`, computed in batches shared with other callers.
+
+        Raises OverloadedError when the request cannot be admitted and DeadlineExceededError when its
+        deadline (a `time.monotonic()` value) passes while rows are still queued. Cancelling the caller
+        withdraws the rows that are still queued.
+        """
+        if self._loop is None or self._wakeup is None:
+            raise RuntimeError("Batcher.start() was not called")
+        tokens = sum(len(row) for row in rows)
+        deadline = self.admit(len(rows), tokens, deadline)
         future: asyncio.Future[Logits] = self._loop.create_future()
         owner = _Submission(future, np.zeros((len(rows), self._num_labels), dtype=np.float32), len(rows))
         if not rows:
             return owner.logits
+        tag = self._virtual_time
         for index, row in enumerate(rows):
             key = (len(row) + self._bucket_width - 1) // self._bucket_width
-            self._buckets.setdefault(key, deque()).append(_QueuedRow(next(self._seq), row, owner, index))
-            self._queued_tokens += len(row)
+            heapq.heappush(
+                self._buckets.setdefault(key, []), _QueuedRow(tag, next(self._seq), row, owner, index)
+            )
+            owner.keys.add(key)
+            tag += len(row)
+        owner.queued, owner.queued_tokens = len(rows), tokens
+        self._waiting[owner] = None
+        self._queued_tokens += tokens
         self._set_depth(self._queued + len(rows))
+        future.add_done_callback(lambda _: self._withdraw(owner))
+        if deadline is not None:
+            owner.timer = self._loop.call_at(deadline, self._expire, owner)
         self._wakeup.set()
         return await future
+
+    def _expire(self, owner: _Submission) -> None:
+        if owner.queued and not owner.future.done():
+            owner.future.set_exception(
+                DeadlineExceededError(
+                    f"deadline passed with {owner.queued} of {len(owner.logits)} rows still queued",
+                    retry_after=self.retry_after(),
+                )
+            )
+
+    def _withdraw(self, owner: _Submission) -> None:
+        """Remove the rows of a finished, failed or cancelled request that are still queued."""
+        if owner.timer is not None:
+            owner.timer.cancel()
+        self._waiting.pop(owner, None)
+        if not owner.queued:
+            return
+        for key in owner.keys:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                continue
+            bucket[:] = [item for item in bucket if item.owner is not owner]
+            if bucket:
+                heapq.heapify(bucket)
+            else:
+                del self._buckets[key]
+        self._count_cancelled("queued", owner.queued)
+        self._queued_tokens -= owner.queued_tokens
+        self._set_depth(self._queued - owner.queued)
+        owner.queued = owner.queued_tokens = 0
+
+    def _count_cancelled(self, stage: str, rows: int) -> None:
+        self.stats.cancelled_rows += rows
+        if self._on_cancelled is not None and rows:
+            self._on_cancelled(stage, rows)
 
     def _set_depth(self, depth: int) -> None:
         self._queued = depth
         if self._on_queue_depth is not None:
             self._on_queue_depth(depth)
 
-    def _pop_live(self, key: int) -> _QueuedRow | None:
-        """Head of a bucket, skipping rows whose caller went away."""
-        bucket = self._buckets.get(key)
-        while bucket:
-            head = bucket[0]
-            if not head.owner.future.done():
-                return head
-            bucket.popleft()
-            self._queued_tokens -= len(head.row)
-            self._set_depth(self._queued - 1)
-        self._buckets.pop(key, None)
-        return None
+    def _take(self, key: int) -> _QueuedRow:
+        item = heapq.heappop(self._buckets[key])
+        if not self._buckets[key]:
+            del self._buckets[key]
+        owner = item.owner
+        owner.queued -= 1
+        owner.queued_tokens -= len(item.row)
+        if not owner.queued:
+            self._waiting.pop(owner, None)
+        self._queued_tokens -= len(item.row)
+        self._virtual_time = max(self._virtual_time, item.tag)
+        return item
 
     def _take_batch(self) -> list[_QueuedRow]:
-        heads = {key: head for key in list(self._buckets) if (head := self._pop_live(key)) is not None}
-        if not heads:
+        if not self._buckets:
             return []
-        oldest = min(heads, key=lambda key: heads[key].seq)
-        order = [oldest]
+        seed = min(self._buckets, key=lambda key: self._buckets[key][0])
+        order = [seed]
         for distance in range(1, _NEIGHBOUR_BUCKETS + 1):
-            order += [oldest - distance, oldest + distance]
+            order += [seed - distance, seed + distance]
         batch: list[_QueuedRow] = []
         width = 0
         for key in order:
-            while (head := self._pop_live(key)) is not None:
+            while key in self._buckets:
+                head = self._buckets[key][0]
+                if head.owner.future.done():
+                    # Failed a moment ago; its done-callback has not withdrawn the rest yet.
+                    self._take(key)
+                    self._set_depth(self._queued - 1)
+                    self._count_cancelled("queued", 1)
+                    continue
                 new_width = max(width, len(head.row))
                 if batch and (len(batch) + 1) * new_width > self.max_batch_tokens:
                     break
-                self._buckets[key].popleft()
-                batch.append(head)
+                batch.append(self._take(key))
                 width = new_width
-                self._queued_tokens -= len(head.row)
             if batch and (len(batch) + 1) * width > self.max_batch_tokens:
                 break
         self._set_depth(self._queued - len(batch))
@@ -207,9 +324,11 @@ class Batcher:
                     self._wakeup.clear()
                     await self._wakeup.wait()
             padded = pad_rows([item.row for item in batch], self._pad_token_id, self._bert_segments)
+            tokens = sum(len(item.row) for item in batch)
             batch_id = next(self._batch_ids)
-            self.stats._started[batch_id] = time.perf_counter()
+            self._started[batch_id] = time.perf_counter()
             self._in_flight += 1
+            self._running_tokens += tokens
             self._idle.clear()
             try:
                 self._runner.start(padded, self._threadsafe_done(batch_id, batch, padded.padded_tokens))
@@ -226,6 +345,12 @@ class Batcher:
 
         return done
 
+    def _record_rate(self, tokens: int, elapsed: float) -> None:
+        # Several batches run at once, so one batch's time divided by the pool size approximates its share.
+        self._rate_tokens = _RATE_DECAY * self._rate_tokens + tokens
+        self._rate_seconds = _RATE_DECAY * self._rate_seconds + elapsed / max(1, self._runner.capacity)
+        self.stats.tokens_per_second = self._rate_tokens / max(self._rate_seconds, 1e-9)
+
     def _complete(
         self,
         batch_id: int,
@@ -239,22 +364,22 @@ class Batcher:
         self._in_flight -= 1
         if self._in_flight == 0:
             self._idle.set()
-        started = self.stats._started.pop(batch_id, None)
+        tokens = sum(len(item.row) for item in batch)
+        self._running_tokens -= tokens
+        started = self._started.pop(batch_id, None)
+        elapsed = time.perf_counter() - started if started is not None else 0.0
         if started is not None and logits is not None:
-            elapsed = max(time.perf_counter() - started, 1e-6)
-            # Several batches run at once, so one batch's rate times the pool size approximates the total.
-            rate = padded_tokens / elapsed * self._runner.capacity
-            self.stats.tokens_per_second = (
-                rate if self.stats.tokens_per_second == 0 else 0.8 * self.stats.tokens_per_second + 0.2 * rate
-            )
+            self._record_rate(tokens, max(elapsed, 1e-6))
         self.stats.batches += 1
         self.stats.rows += len(batch)
         self.stats.padded_tokens += padded_tokens
         if self._on_batch is not None:
-            self._on_batch(len(batch), padded_tokens)
+            self._on_batch(len(batch), padded_tokens, elapsed)
+        dropped = 0
         for position, item in enumerate(batch):
             owner = item.owner
             if owner.future.done():
+                dropped += 1  # its caller left or failed meanwhile: the result is simply not used
                 continue
             if logits is None:
                 owner.future.set_exception(error or RuntimeError("inference failed"))
@@ -263,3 +388,4 @@ class Batcher:
             owner.remaining -= 1
             if owner.remaining == 0:
                 owner.future.set_result(owner.logits)
+        self._count_cancelled("running", dropped)

@@ -28,7 +28,19 @@ class ModelNotReadyError(RerankError):
 
 
 class OverloadedError(RerankError):
-    """The bounded queue is full; the client should retry after `retry_after` seconds."""
+    """Refused at admission: the request would not complete within its budget, or a bound is reached.
+
+    `reason` is `budget`, `queue` or `inflight`; the client should retry after `retry_after` seconds.
+    """
+
+    def __init__(self, message: str, retry_after: float = 1.0, reason: str = "queue") -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.reason = reason
+
+
+class DeadlineExceededError(RerankError):
+    """The request's deadline passed while some of its rows were still waiting for inference."""
 
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)

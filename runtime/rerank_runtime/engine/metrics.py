@@ -66,7 +66,30 @@ class RuntimeMetrics:
             registry=r,
         )
         self.rejected = Counter(
-            "rerank_rejected_requests", "Requests refused because the queue was full", ["model"], registry=r
+            "rerank_rejected_requests",
+            "Requests refused (429) or failed in the queue (503): reason budget, queue, inflight or deadline",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.cancelled_rows = Counter(
+            "rerank_cancelled_rows",
+            "Rows not scored (stage queued) or scored in vain (stage running) because their request ended "
+            "first: client gone, deadline passed or error",
+            ["model", "stage"],
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "rerank_batch_duration_seconds",
+            "Time one inference batch takes",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.throughput = Gauge(
+            "rerank_throughput_tokens_per_second",
+            "Measured tokens per second of the serving version (drives admission)",
+            ["model"],
+            registry=r,
         )
 
     def render(self) -> bytes:

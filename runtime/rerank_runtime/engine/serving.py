@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rerank_runtime.engine.errors import (
+    DeadlineExceededError,
     InvalidRequestError,
     ModelNotFoundError,
     ModelNotReadyError,
@@ -34,6 +35,9 @@ class RerankQuery:
     max_chunks_per_doc: int | None = None
     max_tokens_per_doc: int | None = None
     raw_scores: bool = False
+    # `time.monotonic()` by which the answer is due: work expected to miss it is refused (429), work still
+    # queued when it passes fails (503). None: no deadline.
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,12 @@ def sigmoid(log_odds: np.ndarray) -> np.ndarray:
     """Numerically stable logistic function in float64."""
     wide = log_odds.astype(np.float64)
     return np.exp(-np.logaddexp(0.0, -wide))
+
+
+def _token_lower_bound(request: RerankQuery) -> int:
+    """Fewest tokens the request can turn into (no text yields less than one token per 8 characters)."""
+    cap = request.max_tokens_per_doc
+    return sum(min(len(doc) // 8, cap) if cap is not None else len(doc) // 8 for doc in request.documents)
 
 
 class RerankService:
@@ -165,26 +175,32 @@ class RerankService:
         model = self.select_model(request.model)
         if self._inflight >= self.max_inflight_requests:
             if self.metrics is not None:
-                self.metrics.rejected.labels(model.name).inc()
+                self.metrics.rejected.labels(model.name, "inflight").inc()
             raise OverloadedError(f"server is busy: {self._inflight} requests in progress", retry_after=1.0)
         self._inflight += 1
         self._drained.clear()
         try:
             async with model.lease() as version:
-                loop = asyncio.get_running_loop()
-                prepared = await loop.run_in_executor(
-                    self._executor,
-                    version.build_rows,
-                    request.query,
-                    request.documents,
-                    request.max_chunks_per_doc,
-                    request.max_tokens_per_doc,
-                )
                 try:
-                    logits = await version.score(prepared.rows)
-                except OverloadedError:
+                    # Refuse before tokenizing when even a lower bound of the work cannot make it.
+                    if version.batcher is not None:
+                        version.batcher.admit(
+                            len(request.documents), _token_lower_bound(request), request.deadline
+                        )
+                    loop = asyncio.get_running_loop()
+                    prepared = await loop.run_in_executor(
+                        self._executor,
+                        version.build_rows,
+                        request.query,
+                        request.documents,
+                        request.max_chunks_per_doc,
+                        request.max_tokens_per_doc,
+                    )
+                    logits = await version.score(prepared.rows, request.deadline)
+                except (OverloadedError, DeadlineExceededError) as exc:
                     if self.metrics is not None:
-                        self.metrics.rejected.labels(model.name).inc()
+                        reason = exc.reason if isinstance(exc, OverloadedError) else "deadline"
+                        self.metrics.rejected.labels(model.name, reason).inc()
                     raise
                 row_scores = version.log_odds(logits)
                 best = np.full(len(request.documents), -np.inf, dtype=np.float64)

@@ -95,6 +95,7 @@ class LoadedVersion:
             max_length=version.manifest.max_length,
         )
         self.batcher: Batcher | None = None
+        self.warm_tokens_per_second = 0.0
         self.leases = 0
         self.retired = False
         self.warm_up()
@@ -137,27 +138,35 @@ class LoadedVersion:
         return margin
 
     def warm_up(self) -> None:
-        """Run a short and a full-length batch through every infer request before serving."""
+        """Run a short and a full-length batch through every infer request before serving, then time one
+        more round of full-length batches: the first throughput estimate admission works with."""
         query = self.tokenizer.encode(["warm up query"])[0]
         short = self.template.rows(query, self.tokenizer.encode(["a short warm up document"])[0])
         filler = np.full(self.template.max_length, self.template.cls_token_id, dtype=np.int64)
         full = self.template.rows(query, filler, max_chunks=1)
         bert = self.template.kind == "bert"
-        self.runner.warm_up(
-            [
-                pad_rows(short, self.template.pad_token_id, bert),
-                pad_rows(full * 2, self.template.pad_token_id, bert),
-            ]
-        )
+        full_batch = pad_rows(full * 2, self.template.pad_token_id, bert)
+        self.runner.warm_up([pad_rows(short, self.template.pad_token_id, bert), full_batch])
+        started = time.perf_counter()
+        self.runner.warm_up([full_batch])
+        elapsed = max(time.perf_counter() - started, 1e-6)
+        self.warm_tokens_per_second = self.runner.capacity * full_batch.padded_tokens / elapsed
 
     def activate(self, metrics: RuntimeMetrics | None) -> None:
         """Start the batcher on the running event loop (called once the version is loaded)."""
         labels = {"model": self.name}
 
-        def on_batch(rows: int, tokens: int) -> None:
+        def on_batch(rows: int, tokens: int, seconds: float) -> None:
             if metrics is not None:
                 metrics.batch_rows.labels(**labels).observe(rows)
                 metrics.batch_tokens.labels(**labels).observe(tokens)
+                metrics.batch_seconds.labels(**labels).observe(seconds)
+                if self.batcher is not None:
+                    metrics.throughput.labels(**labels).set(self.batcher.stats.tokens_per_second)
+
+        def on_cancelled(stage: str, rows: int) -> None:
+            if metrics is not None:
+                metrics.cancelled_rows.labels(self.name, stage).inc(rows)
 
         def on_depth(depth: int) -> None:
             if metrics is not None:
@@ -171,16 +180,18 @@ class LoadedVersion:
             max_batch_tokens=max(self.options.max_batch_tokens, self.template.max_length),
             max_queue_rows=self.options.max_queue_rows,
             bucket_width=self.options.bucket_width,
+            initial_tokens_per_second=self.warm_tokens_per_second,
             on_batch=on_batch,
             on_queue_depth=on_depth,
+            on_cancelled=on_cancelled,
         )
         self.batcher.start()
 
-    async def score(self, rows: list[Row]) -> Logits:
-        """Logits for `rows` through the shared batcher."""
+    async def score(self, rows: list[Row], deadline: float | None = None) -> Logits:
+        """Logits for `rows` through the shared batcher (admission, deadline: see `Batcher.score`)."""
         if self.batcher is None:
             raise RuntimeError("version is not active")
-        return await self.batcher.score(rows)
+        return await self.batcher.score(rows, deadline)
 
     async def release(self) -> None:
         """Stop the batcher and free the compiled model."""

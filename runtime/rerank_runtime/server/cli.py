@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from rerank_runtime.engine.serving import RerankService
 from rerank_runtime.server.app import create_app
+from rerank_runtime.server.http import uvicorn_config
 from rerank_runtime.server.settings import Settings
 
 
@@ -92,14 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.drain_timeout) or None,
-        access_log=settings.log_level == "debug",
-    )
+    config = uvicorn_config(app, settings)
     server = DrainingServer(config, app.state.service, settings.shutdown_delay)
     server.run()
     return 0

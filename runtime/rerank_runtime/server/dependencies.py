@@ -1,15 +1,19 @@
-"""Request dependencies: the services routers take from app state, and the API key check."""
+"""Request dependencies: the services routers take from app state, and the API key declaration."""
 
 from __future__ import annotations
 
-import hmac
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from rerank_runtime.engine.metrics import RuntimeMetrics
 from rerank_runtime.engine.serving import RerankService
-from rerank_runtime.server.errors import UnauthorizedError
 from rerank_runtime.server.settings import Settings
+
+API_KEY_SCHEME = HTTPBearer(
+    auto_error=False, scheme_name="apiKey", description="`Authorization: Bearer <key>` when a key is set"
+)
 
 
 def get_service(request: Request) -> RerankService:
@@ -30,16 +34,11 @@ def get_metrics(request: Request) -> RuntimeMetrics:
     return metrics
 
 
-def require_api_key(request: Request) -> None:
-    """Accept the request when no key is configured or it carries `Authorization: Bearer <key>`."""
-    expected = get_settings(request).api_key
-    if expected is None:
-        return
-    header = request.headers.get("authorization")
-    if not header:
-        raise UnauthorizedError("missing API key: send 'Authorization: Bearer <key>'")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode(), expected.get_secret_value().encode()
-    ):
-        raise UnauthorizedError("invalid API key")
+def require_api_key(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(API_KEY_SCHEME)],
+) -> None:
+    """Marks a route as protected (and documents the key in OpenAPI).
+
+    The key itself is checked by `ApiKeyGuard` middleware on exactly these routes, before the request body is
+    read, so an unauthenticated client cannot make the server parse anything.
+    """

@@ -7,48 +7,78 @@ strict (`"5"` is not a number) so a wrong type is a 422, not a silent guess.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from rerank_runtime.engine.errors import InvalidRequestError, PayloadTooLargeError
 from rerank_runtime.engine.serving import RerankQuery
 
-DocumentItem = StrictStr | dict[str, Any]
+# An object document needs at least one field to score.
+DocumentItem = StrictStr | Annotated[dict[str, Any], Field(min_length=1)]
+# Integers that must be positive; the upper bound only keeps values within what JSON clients exchange safely.
+PositiveInt = Annotated[StrictInt, Field(ge=1, le=2**31 - 1)]
+# Text with at least one character that is not whitespace.
+_NOT_BLANK = r"\S"
+
+
+def _array_only(schema: dict[str, Any]) -> None:
+    """Schema of a list field that may be left out but not sent as null: keep only the array variant."""
+    variants = schema.pop("anyOf", None)
+    if variants:
+        schema.update(next(v for v in variants if v.get("type") == "array"))
 
 
 class RerankRequest(BaseModel):
-    """Body of every rerank route. Unknown fields are ignored so newer clients keep working."""
+    """Body of every rerank route. Unknown fields are ignored so newer clients keep working.
+
+    Exactly one of `documents` (Cohere) and `texts` (TEI) must be present; optional fields accept `null`
+    (the Cohere SDK sends explicit nulls), the two lists do not.
+    """
 
     model_config = ConfigDict(
         extra="ignore",
-        json_schema_extra={
-            "examples": [{"model": "BAAI/bge-reranker-base", "query": "welcome", "documents": ["hi", "bye"]}]
-        },
+        json_schema_extra={"oneOf": [{"required": ["documents"]}, {"required": ["texts"]}]},
     )
 
-    model: StrictStr | None = Field(
-        default=None, description="Served model name; optional when one is served"
+    model: Annotated[StrictStr, Field(pattern=_NOT_BLANK)] | None = Field(
+        default=None, description="Served model name; optional when one model is served"
     )
-    query: StrictStr | None = Field(default=None, description="The search query")
+    query: StrictStr = Field(pattern=_NOT_BLANK, description="The search query (not blank)")
     documents: list[DocumentItem] | None = Field(
-        default=None, description="Strings, or objects with `text` and other fields (see `rank_fields`)"
+        default=None,
+        min_length=1,
+        description="Strings, or objects with `text` and other fields (see `rank_fields`)",
+        json_schema_extra=_array_only,
     )
     texts: list[StrictStr] | None = Field(
-        default=None, description="TEI: documents as strings (TEI response)"
+        default=None,
+        min_length=1,
+        description="TEI: documents as strings (TEI response)",
+        json_schema_extra=_array_only,
     )
-    top_n: StrictInt | None = Field(default=None, description="Return only the best N results")
+    top_n: PositiveInt | None = Field(default=None, description="Return only the best N results")
     rank_fields: list[StrictStr] | None = Field(
         default=None, description="Object documents: fields to score, in order (default: `text`, else all)"
     )
     return_documents: StrictBool | None = Field(default=None, description="Echo each document in its result")
-    max_chunks_per_doc: StrictInt | None = Field(default=None, description="Windows scored per long document")
-    max_tokens_per_doc: StrictInt | None = Field(default=None, description="Tokens kept per document")
+    max_chunks_per_doc: PositiveInt | None = Field(
+        default=None, description="Windows scored per long document"
+    )
+    max_tokens_per_doc: PositiveInt | None = Field(default=None, description="Tokens kept per document")
     raw_scores: StrictBool | None = Field(default=None, description="Logits instead of sigmoid scores")
     priority: StrictInt | None = Field(default=None, description="Accepted for Cohere v2; not used")
     return_text: StrictBool | None = Field(default=None, description="TEI: echo the text in each result")
     truncate: StrictBool | None = Field(default=None, description="TEI: accepted; long texts are chunked")
     truncation_direction: StrictStr | None = Field(default=None, description="TEI: accepted; not used")
+
+    @field_validator("documents", "texts", mode="before")
+    @classmethod
+    def _no_null_list(cls, value: Any) -> Any:
+        # Runs only for values present in the body: the schema says an array, so an explicit null is wrong.
+        if value is None:
+            raise ValueError("must be an array (leave the field out instead of null)")
+        return value
 
     @property
     def is_tei(self) -> bool:
@@ -60,7 +90,34 @@ def _field_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-def document_text(document: DocumentItem, rank_fields: list[str] | None, index: int) -> str:
+def _lone_surrogate(text: str) -> int | None:
+    """Index of the first lone UTF-16 surrogate in `text` (JSON `\ud800` escapes decode to these)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def _check_unicode(value: Any, where: str) -> None:
+    """400 for any string in `value` that is not valid Unicode (it could not be tokenized or echoed)."""
+    if isinstance(value, str):
+        position = _lone_surrogate(value)
+        if position is not None:
+            raise InvalidRequestError(
+                f"{where} is not valid Unicode: lone surrogate U+{ord(value[position]):04X} at character "
+                f"{position}; send text as UTF-8 (or JSON escapes of complete surrogate pairs)"
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key, f"{where} (a field name)")
+            _check_unicode(item, f"{where}.{key}" if _lone_surrogate(key) is None else where)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_unicode(item, f"{where}[{index}]")
+
+
+def document_text(document: DocumentItem, rank_fields: list[str] | None, index: int, field: str) -> str:
     """The text scored for one document: a string as is; an object's rank fields as `field: value` lines."""
     if isinstance(document, str):
         return document
@@ -70,40 +127,43 @@ def document_text(document: DocumentItem, rank_fields: list[str] | None, index: 
         fields = ["text"]
     else:
         fields = list(document)
-    if not fields:
-        raise InvalidRequestError(f"documents[{index}] is an empty object")
     missing = [name for name in fields if name not in document]
     if missing:
-        raise InvalidRequestError(f"documents[{index}] has no field {missing[0]!r}")
+        raise InvalidRequestError(f"{field}[{index}] has no field {missing[0]!r}")
     if fields == ["text"]:
         return _field_text(document["text"])
     return "\n".join(f"{name}: {_field_text(document[name])}" for name in fields)
 
 
-def to_query(request: RerankRequest, max_documents: int) -> tuple[RerankQuery, list[DocumentItem]]:
-    """Check the request's meaning (400/413); return the engine's query and the original documents."""
+def to_query(
+    request: RerankRequest, max_documents: int, deadline: float | None = None
+) -> tuple[RerankQuery, list[DocumentItem]]:
+    """Check the request's meaning (400/413); return the engine's query and the original documents.
+
+    Messages name the fields the client sent (`texts` for TEI bodies). Text is validated, not repaired:
+    a lone surrogate is a 400 that names the field, never a silently changed score.
+    """
     if request.documents is not None and request.texts is not None:
         raise InvalidRequestError("send either 'documents' or 'texts', not both")
+    field = "texts" if request.is_tei else "documents"
     documents: list[DocumentItem] | None = request.documents if request.documents is not None else None
     if documents is None and request.texts is not None:
         documents = list(request.texts)
-    if request.query is None:
-        raise InvalidRequestError("'query' is required")
     if not request.query.strip():
-        raise InvalidRequestError("'query' must not be empty")
+        raise InvalidRequestError("'query' must not be blank")
     if documents is None:
-        raise InvalidRequestError("'documents' is required")
+        raise InvalidRequestError("'documents' (or TEI's 'texts') is required")
     if not documents:
-        raise InvalidRequestError("'documents' must contain at least one document")
+        raise InvalidRequestError(f"'{field}' must contain at least one document")
     if len(documents) > max_documents:
-        raise PayloadTooLargeError(f"{len(documents)} documents in one request; the limit is {max_documents}")
-    for name in ("top_n", "max_chunks_per_doc", "max_tokens_per_doc"):
-        value = getattr(request, name)
-        if value is not None and value < 1:
-            raise InvalidRequestError(f"'{name}' must be at least 1, got {value}")
+        raise PayloadTooLargeError(f"{len(documents)} {field} in one request; the limit is {max_documents}")
     if request.model is not None and not request.model.strip():
-        raise InvalidRequestError("'model' must not be empty")
-    texts = [document_text(doc, request.rank_fields, i) for i, doc in enumerate(documents)]
+        raise InvalidRequestError("'model' must not be blank")
+    _check_unicode(request.query, "query")
+    _check_unicode(request.model, "model")
+    _check_unicode(request.rank_fields, "rank_fields")
+    _check_unicode(documents, field)
+    texts = [document_text(doc, request.rank_fields, i, field) for i, doc in enumerate(documents)]
     query = RerankQuery(
         model=request.model,
         query=request.query,
@@ -112,6 +172,7 @@ def to_query(request: RerankRequest, max_documents: int) -> tuple[RerankQuery, l
         max_chunks_per_doc=request.max_chunks_per_doc,
         max_tokens_per_doc=request.max_tokens_per_doc,
         raw_scores=bool(request.raw_scores),
+        deadline=deadline,
     )
     return query, documents
 
@@ -169,10 +230,18 @@ class TeiRank(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Every error response: Cohere's `{id, message}`."""
+    """Every error response: Cohere's `{id, message}`; on `/rerank` also TEI's `{error, error_type}`."""
 
     id: str
     message: str
+    error: str | None = Field(default=None, description="TEI: the message (on `/rerank`)")
+    error_type: str | None = Field(default=None, description="TEI: Validation, Overloaded, Unhealthy, ...")
+
+
+class Readiness(BaseModel):
+    """`GET /v2/health/ready`."""
+
+    ready: bool
 
 
 class VersionInfo(BaseModel):

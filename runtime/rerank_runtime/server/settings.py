@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rerank_runtime.engine.versions import EngineOptions
+from rerank_runtime.server.auth import read_key_file
 
 
 class Settings(BaseSettings):
@@ -23,7 +24,12 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=1, le=65535)
     api_key: SecretStr | None = Field(default=None, description="Require `Authorization: Bearer <key>`")
-    api_key_file: Path | None = Field(default=None, description="File holding the API key")
+    api_key_file: Path | None = Field(
+        default=None, description="File holding the API key; re-read when it changes (rotated Secret)"
+    )
+    api_key_reload_interval: float = Field(
+        default=1.0, gt=0, description="Seconds between checks of the key file for a new key"
+    )
     precision: Literal["auto", "f32", "bf16"] = "auto"
     poll_interval: float = Field(default=5.0, gt=0, description="Seconds between repository polls")
     max_batch_tokens: int = Field(default=8192, ge=64, description="Padded tokens per inference batch")
@@ -39,18 +45,28 @@ class Settings(BaseSettings):
         default=0.0, ge=0, description="Seconds to stay up not-ready after SIGTERM before draining"
     )
     drain_timeout: float = Field(default=30.0, ge=0, description="Seconds to wait for in-flight requests")
+    latency_budget: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds from a request's arrival to its answer: work expected to take longer is refused "
+        "at once (429 + Retry-After); a request still queued at its deadline gets 503",
+    )
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a client may take to send a request head (then closed)"
+    )
+    body_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds a client may take to send a request body (then 408, closed)"
+    )
+    keep_alive_timeout: int = Field(
+        default=5, ge=1, description="Seconds an idle keep-alive connection stays open"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
-    def _read_api_key_file(self) -> Settings:
+    def _check_api_key_file(self) -> Settings:
+        # Fail at start-up on an unreadable or empty key file; later changes are picked up by the KeyStore.
         if self.api_key is None and self.api_key_file is not None:
-            try:
-                key = self.api_key_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ValueError(f"cannot read api key file {self.api_key_file}: {exc.strerror}") from exc
-            if not key:
-                raise ValueError(f"api key file {self.api_key_file} is empty")
-            self.api_key = SecretStr(key)
+            read_key_file(self.api_key_file)
         return self
 
     def engine_options(self) -> EngineOptions:

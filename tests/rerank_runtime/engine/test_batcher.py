@@ -48,7 +48,7 @@ async def test_concurrent_requests_share_batches_within_the_budget(loaded: Loade
     batches: list[tuple[int, int]] = []
     loaded.activate(None)
     assert loaded.batcher is not None
-    loaded.batcher._on_batch = lambda rows, tokens: batches.append((rows, tokens))
+    loaded.batcher._on_batch = lambda rows, tokens, _seconds: batches.append((rows, tokens))
     requests = [_documents(6, seed) for seed in range(8)]
     row_sets = [loaded.build_rows(QUERY, docs, None, None).rows for docs in requests]
     try:

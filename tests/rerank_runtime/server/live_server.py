@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from rerank_runtime.engine.serving import RerankService
 from rerank_runtime.server.app import create_app
+from rerank_runtime.server.http import uvicorn_config
 from rerank_runtime.server.settings import Settings
 
 
@@ -61,7 +62,7 @@ def live_server(
     port = free_port()
     settings = settings.model_copy(update={"host": "127.0.0.1", "port": port})
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn_config(app, settings, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()

@@ -40,7 +40,7 @@ def test_tei_shape_on_rerank_with_texts(f32_server: LiveServer) -> None:
     assert [r["score"] for r in ranks] == sorted((r["score"] for r in ranks), reverse=True)
     assert all(r["text"] == texts[r["index"]] for r in ranks)
     bad = httpx.post(f"{f32_server.base_url}/rerank", json={"query": " ", "texts": ["a"]}, headers=AUTH)
-    assert bad.status_code == 400
+    assert bad.status_code == 422
     assert bad.json()["error_type"] == "Validation" and bad.json()["error"] == bad.json()["message"]
 
 
