@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: setup lint format test test-unit test-cluster control-plane cluster-up cluster-down demo bench clean
+.PHONY: setup lint format test test-unit test-cluster test-node control-plane node cluster-up cluster-down demo bench clean
 
 setup: $(STAMP)
 
@@ -31,17 +31,25 @@ format: setup
 control-plane:
 	@bash hack/control-plane.sh build
 
-test: setup lint control-plane
+# kubelet, kube-proxy, kube-scheduler, containerd, CoreDNS, pause image (cached) + runc/CNI/iptables (apt-get)
+node:
+	@bash hack/node.sh build
+
+test: setup lint control-plane node
 	$(BIN)/pytest
 
 test-unit: setup
-	$(BIN)/pytest -m 'not cluster and not e2e'
+	$(BIN)/pytest -m 'not cluster and not e2e and not node'
 
 test-cluster: setup control-plane
 	$(BIN)/pytest -m 'cluster or e2e'
 
-cluster-up: setup control-plane
-	@$(BIN)/python -m tests.support.controlplane up
+test-node: setup control-plane node
+	$(BIN)/pytest -m node
+
+# NODE=1: also a real node (kubelet, containerd, CNI, kube-proxy, scheduler, CoreDNS); needs root
+cluster-up: setup control-plane $(if $(NODE),node)
+	@$(BIN)/python -m tests.support.controlplane up $(if $(NODE),--node)
 
 cluster-down: setup
 	@$(BIN)/python -m tests.support.controlplane down

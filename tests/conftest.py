@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.support.cluster_fixtures",
     "tests.support.model_fixtures",
+    "tests.support.node_fixtures",
 ]

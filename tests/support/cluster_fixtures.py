@@ -79,7 +79,9 @@ def _reusable_control_plane() -> ControlPlane | None:
     if not kubeconfig or os.pathsep in kubeconfig:
         return None
     plane = ControlPlane.attach(Path(kubeconfig).resolve().parent)
-    if plane is None or not plane.healthy():
+    # A control plane with a real node (make cluster-up NODE=1) has its own scheduler and kubelet, which would
+    # race the process kubelet for pods: the cluster tier starts its own plane then.
+    if plane is None or plane.node_ip or not plane.healthy():
         return None
     return plane
 

@@ -12,7 +12,8 @@ the kernel, since in-process control planes ask for ``PR_SET_PDEATHSIG``.
 Command line (used by ``make cluster-up`` / ``make cluster-down``)::
 
     python -m tests.support.controlplane up      # starts detached; last stdout line is KUBECONFIG=<path>
-    python -m tests.support.controlplane down    # stops every process it started
+    python -m tests.support.controlplane up --node   # plus a real node (tests.support.node); needs root
+    python -m tests.support.controlplane down    # stops every process it started, cleans up a (crashed) node
     python -m tests.support.controlplane status
 
 The state directory is ``$RERANK_CLUSTER_DIR`` or ``<repo>/.cluster``.
@@ -59,6 +60,17 @@ CONTROLLERS = (
     "root-ca-certificate-publisher-controller",
     "persistentvolumeclaim-protection-controller",
     "persistentvolume-protection-controller",
+)
+
+# With a real node (``node_ip`` set) Services need endpoints, PVCs binding and the node its taints lifted.
+NODE_CONTROLLERS = (
+    "endpoints-controller",
+    "endpointslice-controller",
+    "endpointslice-mirroring-controller",
+    "persistentvolume-binder-controller",
+    "pod-garbage-collector-controller",
+    # Removes the node.kubernetes.io/not-ready taint the kubelet registers with once the node is Ready.
+    "node-lifecycle-controller",
 )
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
@@ -135,8 +147,10 @@ class Certificates:
     sa_pub: Path
 
     @classmethod
-    def create(cls, pki_dir: Path) -> Certificates:
-        """Generate a test CA, an API-server serving cert, an admin client cert and service-account keys."""
+    def create(cls, pki_dir: Path, extra_ips: Sequence[str] = ()) -> Certificates:
+        """Generate a test CA, an API-server serving cert, an admin client cert and service-account keys.
+
+        ``extra_ips`` are added to the serving certificate's subject alternative names."""
         pki_dir.mkdir(parents=True, exist_ok=True)
         certs = cls(
             ca_cert=pki_dir / "ca.crt",
@@ -161,7 +175,8 @@ class Certificates:
             "/CN=kube-apiserver",
             [
                 "subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,"
-                "DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.0.0.1",
+                "DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.0.0.1"
+                + "".join(f",IP:{ip}" for ip in extra_ips),
                 "extendedKeyUsage=serverAuth",
                 "keyUsage=critical,digitalSignature,keyEncipherment",
             ],
@@ -294,7 +309,9 @@ class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager on loopback, with their state in ``state_dir``.
 
     ``detached=True`` starts processes that outlive this Python process (``make cluster-up``); otherwise they
-    die with it at the latest.
+    die with it at the latest. ``node_ip`` (used with a real node, :mod:`tests.support.node`) makes the API
+    server bind and advertise that address instead of loopback, so pods reach it through the ``kubernetes``
+    Service, and starts the controllers a node needs (endpoints, PV binding, pod GC).
     """
 
     state_dir: Path
@@ -304,6 +321,7 @@ class ControlPlane:
     server: str = ""
     etcd_url: str = ""
     started_in_seconds: float | None = None
+    node_ip: str | None = None
 
     @property
     def kubeconfig(self) -> Path:
@@ -332,7 +350,7 @@ class ControlPlane:
         if not self.detached:
             _register_cleanup(self.stop)
         try:
-            certs = Certificates.create(self.state_dir / "pki")
+            certs = Certificates.create(self.state_dir / "pki", [self.node_ip] if self.node_ip else [])
             self._start_etcd(logs)
             self._start_apiserver(logs, certs)
             write_kubeconfig(self.kubeconfig, self.server, certs)
@@ -405,7 +423,19 @@ class ControlPlane:
 
     def _start_apiserver(self, logs: Path, certs: Certificates) -> None:
         port = free_loopback_port()
-        self.server = f"https://127.0.0.1:{port}"
+        address = self.node_ip or "127.0.0.1"
+        self.server = f"https://{address}:{port}"
+        node_args = (
+            [
+                # The kubernetes Service gets the advertised address as its endpoint.
+                "--endpoint-reconciler-type=lease",
+                f"--kubelet-client-certificate={certs.admin_cert}",
+                f"--kubelet-client-key={certs.admin_key}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
+            if self.node_ip
+            else ["--endpoint-reconciler-type=none"]
+        )
         self._spawn(
             "kube-apiserver",
             [
@@ -415,15 +445,15 @@ class ControlPlane:
                 f"--tls-private-key-file={certs.serving_key}",
                 f"--client-ca-file={certs.ca_cert}",
                 f"--secure-port={port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={address}",
+                f"--advertise-address={address}",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                 "--allow-privileged=true",
                 "--authorization-mode=RBAC",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={certs.sa_pub}",
                 f"--service-account-signing-key-file={certs.sa_key}",
-                "--endpoint-reconciler-type=none",
+                *node_args,
                 "--profiling=false",
                 "--v=1",
             ],
@@ -439,7 +469,7 @@ class ControlPlane:
                 f"--authentication-kubeconfig={self.kubeconfig}",
                 f"--authorization-kubeconfig={self.kubeconfig}",
                 "--leader-elect=false",
-                f"--controllers={','.join(CONTROLLERS)}",
+                f"--controllers={','.join(CONTROLLERS + (NODE_CONTROLLERS if self.node_ip else ()))}",
                 f"--root-ca-file={certs.ca_cert}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={port}",
@@ -506,6 +536,7 @@ class ControlPlane:
             "etcd": self.etcd_url,
             "kubeconfig": str(self.kubeconfig),
             "bin_dir": str(self.bin_dir),
+            "node_ip": self.node_ip,
             "processes": [
                 {"name": p.name, "pid": p.pid, "binary": p.binary, "log": str(p.log_path)}
                 for p in self.processes
@@ -524,6 +555,7 @@ class ControlPlane:
         plane = cls(state_dir=state_dir, bin_dir=Path(state["bin_dir"]), detached=True)
         plane.server = state["server"]
         plane.etcd_url = state["etcd"]
+        plane.node_ip = state.get("node_ip")
         plane.processes = [
             ManagedProcess(p["name"], int(p["pid"]), p["binary"], Path(p["log"])) for p in state["processes"]
         ]
@@ -598,14 +630,33 @@ def _timed(label: str) -> Iterator[None]:
     print(f"controlplane: {label} in {time.monotonic() - started:.1f}s", file=sys.stderr)
 
 
-def _cmd_up(state_dir: Path) -> int:
+def _cmd_up(state_dir: Path, node: bool = False) -> int:
     running = ControlPlane.attach(state_dir)
-    if running is not None and running.healthy():
+    if running is not None and running.healthy() and bool(running.node_ip) == node:
+        if node:
+            from tests.support.node import Node
+
+            recorded = Node.attach()
+            if recorded is None or not recorded.healthy():
+                print(
+                    "controlplane: error: the node is not running; run `make cluster-down` first",
+                    file=sys.stderr,
+                )
+                return 1
         print(f"controlplane: already running at {running.server}", file=sys.stderr)
         print(f"KUBECONFIG={running.kubeconfig}")
         return 0
+    if running is not None and running.healthy():
+        print(
+            f"controlplane: error: a control plane {'without' if node else 'with'} a node runs; "
+            "run `make cluster-down` first",
+            file=sys.stderr,
+        )
+        return 1
     if running is not None:
         _stop_recorded(running)
+    if node:
+        return _cmd_up_node(state_dir)
     bin_dir = ensure_binaries()
     plane = ControlPlane(state_dir=state_dir, bin_dir=bin_dir, detached=True)
     try:
@@ -622,6 +673,41 @@ def _cmd_up(state_dir: Path) -> int:
     return 0
 
 
+def _cmd_up_node(state_dir: Path) -> int:
+    from tests.support.node import NodeError, start_cluster_with_node
+
+    started = time.monotonic()
+    if state_dir.exists():
+        shutil.rmtree(state_dir)
+    try:
+        plane, node = start_cluster_with_node(state_dir)
+    except (ControlPlaneError, NodeError) as error:
+        print(f"controlplane: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(
+        f"controlplane: up at {plane.server} with node in {time.monotonic() - started:.1f}s "
+        f"(control plane {plane.started_in_seconds:.1f}s, node {node.started_in_seconds:.1f}s; "
+        f"logs {state_dir / 'logs'} and {node.node_dir / 'logs'}; stop with: make cluster-down)",
+        file=sys.stderr,
+    )
+    print(f"KUBECONFIG={plane.kubeconfig}")
+    return 0
+
+
+def _teardown_node() -> int:
+    from tests.support.node import Node
+
+    node = Node.attach()
+    if node is None:
+        return 0
+    problems = node.teardown()
+    for problem in problems:
+        print(f"controlplane: error: node teardown: {problem}", file=sys.stderr)
+    if not problems:
+        print("controlplane: node removed", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def _stop_recorded(plane: ControlPlane) -> None:
     for process in reversed(plane.processes):
         process.stop()
@@ -630,11 +716,12 @@ def _stop_recorded(plane: ControlPlane) -> None:
         plane.state_file.unlink()
 
 
-def _cmd_down(state_dir: Path) -> int:
+def _cmd_down(state_dir: Path, node: bool = False) -> int:
+    node_status = _teardown_node()
     plane = ControlPlane.attach(state_dir)
     if plane is None:
         print(f"controlplane: nothing running (no {state_dir / STATE_FILE_NAME})", file=sys.stderr)
-        return 0
+        return node_status
     processes = list(plane.processes)
     _stop_recorded(plane)
     # Detached processes were adopted by init, which reaps them on its own schedule: wait for that, so that
@@ -648,10 +735,10 @@ def _cmd_down(state_dir: Path) -> int:
         return 1
     shutil.rmtree(state_dir, ignore_errors=True)
     print("controlplane: stopped", file=sys.stderr)
-    return 0
+    return node_status
 
 
-def _cmd_status(state_dir: Path) -> int:
+def _cmd_status(state_dir: Path, node: bool = False) -> int:
     plane = ControlPlane.attach(state_dir)
     if plane is None:
         print("controlplane: not running", file=sys.stderr)
@@ -659,6 +746,13 @@ def _cmd_status(state_dir: Path) -> int:
     healthy = plane.healthy()
     for process in plane.processes:
         print(f"{process.name}: pid {process.pid} {'running' if process.alive() else 'gone'}")
+    if plane.node_ip:
+        from tests.support.node import Node
+
+        recorded = Node.attach()
+        for process in recorded.processes if recorded else []:
+            print(f"{process.name}: pid {process.pid} {'running' if process.alive() else 'gone'}")
+        healthy = healthy and recorded is not None and recorded.healthy()
     print(f"apiserver {plane.server}: {'ready' if healthy else 'not ready'}")
     print(f"KUBECONFIG={plane.kubeconfig}")
     return 0 if healthy else 1
@@ -673,11 +767,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--state-dir", type=Path, default=None, help="default: $RERANK_CLUSTER_DIR or .cluster/"
     )
+    parser.add_argument("--node", action="store_true", help="up: also start a real node (root only)")
     args = parser.parse_args(argv)
     state_dir: Path = (args.state_dir or default_state_dir()).resolve()
-    commands: dict[str, Callable[[Path], int]] = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status}
+    commands: dict[str, Callable[[Path, bool], int]] = {
+        "up": _cmd_up,
+        "down": _cmd_down,
+        "status": _cmd_status,
+    }
     try:
-        return commands[args.command](state_dir)
+        return commands[args.command](state_dir, args.node)
     except ControlPlaneError as error:
         print(f"controlplane: error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 1

@@ -43,14 +43,15 @@ def _commit_sha(repo_id: str, folder: Path, ref: str) -> str:
 class FakeHub:
     """State of the fake hub; tests register repos and switch on tokens and stalls."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        """Serve on ``host`` (loopback by default; the real node's IP when pods must reach it)."""
         self._repos: dict[str, _Repo] = {}
         self._lock = threading.Lock()
         self.required_token: str | None = None
         self._stall_downloads = threading.Event()
         self._release = threading.Event()
         self.requests: list[tuple[str, str]] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = ThreadingHTTPServer((host, 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-hub", daemon=True)
         self._thread.start()
