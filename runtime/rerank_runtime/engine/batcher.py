@@ -30,7 +30,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -61,17 +61,22 @@ class _Submission:
     remaining: int
     queued: int = 0
     queued_tokens: int = 0
-    keys: set[int] = field(default_factory=set)
+    withdrawn: bool = False
     timer: asyncio.TimerHandle | None = None
 
 
-@dataclass(order=True)
+@dataclass
 class _QueuedRow:
-    tag: int
-    seq: int
-    row: Row = field(compare=False)
-    owner: _Submission = field(compare=False)
-    index: int = field(compare=False)
+    row: Row
+    owner: _Submission
+    index: int
+
+
+# Heap entries: (fair tag, arrival sequence, row); tuples compare fast and the sequence breaks ties.
+_Entry = tuple[int, int, _QueuedRow]
+# Withdrawn rows stay in the heaps as tombstones (removing them one by one would cost O(n) per request)
+# until they reach a heap's head, or until there are more of them than this and than live rows.
+_COMPACT_AFTER = 1024
 
 
 @dataclass
@@ -113,7 +118,8 @@ class Batcher:
         self._on_batch = on_batch
         self._on_queue_depth = on_queue_depth
         self._on_cancelled = on_cancelled
-        self._buckets: dict[int, list[_QueuedRow]] = {}
+        self._buckets: dict[int, list[_Entry]] = {}
+        self._tombstones = 0
         self._waiting: dict[_Submission, None] = {}
         self._queued = 0
         self._queued_tokens = 0
@@ -217,10 +223,8 @@ class Batcher:
         tag = self._virtual_time
         for index, row in enumerate(rows):
             key = (len(row) + self._bucket_width - 1) // self._bucket_width
-            heapq.heappush(
-                self._buckets.setdefault(key, []), _QueuedRow(tag, next(self._seq), row, owner, index)
-            )
-            owner.keys.add(key)
+            entry = (tag, next(self._seq), _QueuedRow(row, owner, index))
+            heapq.heappush(self._buckets.setdefault(key, []), entry)
             tag += len(row)
         owner.queued, owner.queued_tokens = len(rows), tokens
         self._waiting[owner] = None
@@ -242,25 +246,47 @@ class Batcher:
             )
 
     def _withdraw(self, owner: _Submission) -> None:
-        """Remove the rows of a finished, failed or cancelled request that are still queued."""
+        """Take the rows of a finished, failed or cancelled request out of the queue (O(1): tombstones)."""
         if owner.timer is not None:
             owner.timer.cancel()
         self._waiting.pop(owner, None)
-        if not owner.queued:
+        if owner.withdrawn or not owner.queued:
             return
-        for key in owner.keys:
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                continue
-            bucket[:] = [item for item in bucket if item.owner is not owner]
-            if bucket:
-                heapq.heapify(bucket)
-            else:
-                del self._buckets[key]
+        owner.withdrawn = True
+        self._tombstones += owner.queued
         self._count_cancelled("queued", owner.queued)
         self._queued_tokens -= owner.queued_tokens
         self._set_depth(self._queued - owner.queued)
         owner.queued = owner.queued_tokens = 0
+        if self._tombstones > max(_COMPACT_AFTER, self._queued):
+            self._compact()
+
+    def _compact(self) -> None:
+        for key in list(self._buckets):
+            live = [entry for entry in self._buckets[key] if not entry[2].owner.withdrawn]
+            if live:
+                heapq.heapify(live)
+                self._buckets[key] = live
+            else:
+                del self._buckets[key]
+        self._tombstones = 0
+
+    def _head(self, key: int) -> _Entry | None:
+        """The first live entry of a bucket, dropping tombstones (and rows of requests that just ended)."""
+        bucket = self._buckets.get(key)
+        while bucket:
+            entry = bucket[0]
+            owner = entry[2].owner
+            if owner.future.done() and not owner.withdrawn:
+                self._withdraw(owner)  # ended a moment ago; its done-callback has not run yet
+                bucket = self._buckets.get(key)
+                continue
+            if not owner.withdrawn:
+                return entry
+            heapq.heappop(bucket)
+            self._tombstones -= 1
+        self._buckets.pop(key, None)
+        return None
 
     def _count_cancelled(self, stage: str, rows: int) -> None:
         self.stats.cancelled_rows += rows
@@ -273,7 +299,7 @@ class Batcher:
             self._on_queue_depth(depth)
 
     def _take(self, key: int) -> _QueuedRow:
-        item = heapq.heappop(self._buckets[key])
+        tag, _, item = heapq.heappop(self._buckets[key])
         if not self._buckets[key]:
             del self._buckets[key]
         owner = item.owner
@@ -282,28 +308,22 @@ class Batcher:
         if not owner.queued:
             self._waiting.pop(owner, None)
         self._queued_tokens -= len(item.row)
-        self._virtual_time = max(self._virtual_time, item.tag)
+        self._virtual_time = max(self._virtual_time, tag)
         return item
 
     def _take_batch(self) -> list[_QueuedRow]:
-        if not self._buckets:
+        heads = {key: head for key in list(self._buckets) if (head := self._head(key)) is not None}
+        if not heads:
             return []
-        seed = min(self._buckets, key=lambda key: self._buckets[key][0])
+        seed = min(heads, key=heads.__getitem__)
         order = [seed]
         for distance in range(1, _NEIGHBOUR_BUCKETS + 1):
             order += [seed - distance, seed + distance]
         batch: list[_QueuedRow] = []
         width = 0
         for key in order:
-            while key in self._buckets:
-                head = self._buckets[key][0]
-                if head.owner.future.done():
-                    # Failed a moment ago; its done-callback has not withdrawn the rest yet.
-                    self._take(key)
-                    self._set_depth(self._queued - 1)
-                    self._count_cancelled("queued", 1)
-                    continue
-                new_width = max(width, len(head.row))
+            while (head := self._head(key)) is not None:
+                new_width = max(width, len(head[2].row))
                 if batch and (len(batch) + 1) * new_width > self.max_batch_tokens:
                     break
                 batch.append(self._take(key))
