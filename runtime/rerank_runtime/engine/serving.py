@@ -106,6 +106,7 @@ class RerankService:
         self._inflight = 0
         self._drained = asyncio.Event()
         self._draining = False
+        self._stopping = False
         self._watch_task: asyncio.Task[None] | None = None
 
     # -- life cycle ----------------------------------------------------------------------------------
@@ -115,7 +116,11 @@ class RerankService:
         self._watch_task = asyncio.get_running_loop().create_task(self.watcher.run(), name="version-watcher")
 
     def begin_drain(self) -> None:
-        """Readiness goes false and new requests are refused; requests already running continue."""
+        """Readiness goes false; requests keep being served.
+
+        Endpoints and kube-proxy rules drop a not-ready pod only after a moment, and requests still routed
+        here meanwhile must not fail: new ones are refused only once :meth:`shutdown` starts (after the
+        server's shutdown delay, when it also stops accepting connections)."""
         if not self._draining:
             logger.info("draining: readiness is now false")
         self._draining = True
@@ -123,6 +128,7 @@ class RerankService:
     async def shutdown(self, drain_timeout: float = 30.0) -> None:
         """Stop watching, wait for in-flight requests (bounded), release every model."""
         self.begin_drain()
+        self._stopping = True
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -170,7 +176,7 @@ class RerankService:
 
     async def rerank(self, request: RerankQuery) -> RerankOutcome:
         """Score every document against the query and rank them (best first, cut to top_n)."""
-        if self._draining:
+        if self._stopping:
             raise ModelNotReadyError("server is shutting down", retry_after=1.0)
         model = self.select_model(request.model)
         if self._inflight >= self.max_inflight_requests:

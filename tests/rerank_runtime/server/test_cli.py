@@ -113,6 +113,33 @@ def test_several_models_and_sigterm_drain(server_process: tuple[subprocess.Popen
     assert process.wait(timeout=60) == 0
 
 
+def test_requests_during_the_shutdown_delay_are_served(minilm_repository: tuple[Path, str]) -> None:
+    """After SIGTERM the server is not ready at once, but for --shutdown-delay seconds it still serves new
+    requests: a load balancer (kube-proxy) keeps sending some until it has seen the pod go not-ready, and
+    refusing them would fail requests during every rollout."""
+    root, name = minilm_repository
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [*_serve_command(), "--repository", str(root), "--host", "127.0.0.1", "--port", str(port),
+         "--shutdown-delay", "5", "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    body = {"model": name, "query": "welcome", "documents": ["good morning", "farewell"]}
+    try:
+        wait_until(lambda: _ready_status(base_url) == 200 or process.poll() is not None, 120, "readiness")
+        assert process.poll() is None, process.communicate()[0]
+        process.send_signal(signal.SIGTERM)
+        wait_until(lambda: _ready_status(base_url) == 503, 5, "readiness to go false")
+        response = httpx.post(f"{base_url}/v2/rerank", json=body, timeout=10)
+        assert response.status_code == 200, response.text
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def _ready_status(base_url: str) -> int:
     """Readiness status code; 0 once the server no longer accepts connections."""
     try:
