@@ -31,6 +31,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -87,6 +88,37 @@ HOST_PATHS = (
 # Only kube-proxy's and the kubelet's chains: the pod network is configured without ipMasq/portmap so the CNI
 # plugins add no chains (CNI-* chains on this host may belong to podman).
 CHAIN_PREFIXES = ("KUBE-",)
+
+
+IMAGE_ID_LABEL = "dev.rerank.image-id"
+
+
+def archive_image(archive: Path) -> tuple[str, list[str]]:
+    """(image ID, references) of a docker-archive (``podman save``) or single-image OCI archive."""
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+        if "manifest.json" in names:
+            member = tar.extractfile("manifest.json")
+            entry = json.load(member)[0] if member else {}
+            config = str(entry.get("Config", ""))
+            refs = [_normalize_ref(ref) for ref in entry.get("RepoTags") or []]
+            return Path(config).name.removesuffix(".json"), refs
+        member = tar.extractfile("index.json")
+        descriptor = json.load(member)["manifests"][0] if member else {}
+        ref = (descriptor.get("annotations") or {}).get("io.containerd.image.name", "")
+        blob = tar.extractfile(f"blobs/sha256/{descriptor['digest'].split(':', 1)[1]}")
+        manifest = json.load(blob) if blob else {}
+        return manifest.get("config", {}).get("digest", "").split(":")[-1], [ref] if ref else []
+
+
+def _normalize_ref(ref: str) -> str:
+    """containerd's name for a reference: docker.io/library/ for short names, as ctr import stores them."""
+    first = ref.split("/", 1)[0]
+    if "/" not in ref:
+        return f"docker.io/library/{ref}"
+    if "." not in first and ":" not in first and first != "localhost":
+        return f"docker.io/{ref}"
+    return ref
 
 
 class NodeError(RuntimeError):
@@ -419,9 +451,29 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
                 digests[fields[0]] = fields[2]
         return digests
 
-    def import_image(self, archive: Path) -> None:
-        """Import an OCI or docker archive into containerd (the kubelet finds it as if pulled)."""
+    def import_image(self, archive: Path) -> bool:
+        """Import an OCI or docker archive into containerd (the kubelet finds it as if pulled).
+
+        Skipped when every reference of the archive is present already with the same image ID (config
+        digest, kept in a containerd label); returns whether an import happened."""
+        image_id, refs = archive_image(archive)
+        label = f"{IMAGE_ID_LABEL}={image_id}"
+        present = self._image_labels()
+        if refs and all(label in present.get(ref, "") for ref in refs):
+            return False
         self._ctr("images", "import", str(archive))
+        for ref in refs:
+            self._ctr("images", "label", ref, label)
+        return True
+
+    def _image_labels(self) -> dict[str, str]:
+        result = self._ctr("images", "ls")
+        labels: dict[str, str] = {}
+        for line in result.stdout.splitlines()[1:]:
+            fields = line.split()
+            if fields:
+                labels[fields[0]] = fields[-1]
+        return labels
 
     def _start_scheduler(self, plane: ControlPlane) -> None:
         from tests.support.controlplane import free_loopback_port

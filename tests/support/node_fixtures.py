@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,6 @@ class NodeCluster:
     plane: ControlPlane
     node: Node
     helm_home: Path
-    imported: dict[str, str] = field(default_factory=dict)
 
     @property
     def kubeconfig(self) -> Path:
@@ -96,14 +95,9 @@ class NodeCluster:
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
         return self.run("kubectl", *args, input=input, check=check)
 
-    def import_image(self, archive: Path) -> None:
-        """Import an image archive into the node's containerd once per archive content."""
-        stat = archive.stat()
-        key = f"{stat.st_size}:{stat.st_mtime_ns}"
-        if self.imported.get(str(archive)) == key:
-            return
-        self.node.import_image(archive)
-        self.imported[str(archive)] = key
+    def import_image(self, archive: Path) -> bool:
+        """Import an image archive into the node's containerd unless that image ID is there already."""
+        return self.node.import_image(archive)
 
 
 def _reusable_node_cluster() -> tuple[ControlPlane, Node] | None:
