@@ -565,10 +565,12 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
                     # Imported images cannot be pulled again: never collect them.
                     "imageGCHighThresholdPercent": 100,
                     "imageGCLowThresholdPercent": 99,
+                    # Small absolute thresholds: on a shared machine other work fills the disk, and percentage
+                    # defaults (10%, 15%) would evict test pods and collect imported images for it.
                     "evictionHard": {
                         "memory.available": "100Mi",
-                        "nodefs.available": "2%",
-                        "imagefs.available": "2%",
+                        "nodefs.available": "256Mi",
+                        "imagefs.available": "256Mi",
                     },
                     "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
                     "podLogsDir": str(self.node_dir / "pod-logs"),
