@@ -14,10 +14,11 @@ time-based admission, fair sharing between requests and cancellation.
   warm-up) the batcher estimates when a new request would complete under that fair order: the tokens ahead
   of its last row are, for every waiting request, the smaller of its queued tokens and the new request's
   tokens. A request whose estimate passes its deadline is refused at once (`OverloadedError`, 429) with a
-  retry hint derived from the estimate. An empty queue takes any request (a request larger than the budget
-  can still be served alone). A row bound stays as a memory bound.
+  retry hint derived from the estimate. An empty queue takes any request that is not `strict` (one larger
+  than the server's budget can still be served alone; a client's own deadline is always kept). A row
+  bound stays as a memory bound.
 - **Deadlines and cancellation.** A request whose deadline passes while it still has queued rows fails
-  with `DeadlineExceededError` (503). A request whose caller goes away (its future is cancelled) or fails
+  with `DeadlineExceededError` (429). A request whose caller goes away (its future is cancelled) or fails
   leaves the queue at once; its rows already in a running batch are dropped when the batch returns.
 """
 
@@ -177,14 +178,14 @@ class Batcher:
         """Seconds the current queue needs to drain at the measured speed (at least one)."""
         return float(max(1, math.ceil(self._seconds(self._queued_tokens + self._running_tokens))))
 
-    def admit(self, rows: int, tokens: int, deadline: float | None) -> float | None:
+    def admit(self, rows: int, tokens: int, deadline: float | None, strict: bool = False) -> float | None:
         """Refuse (OverloadedError) work that would not fit; return the deadline the work is held to."""
-        if not self._queued:
+        if not self._queued and not strict:
             if deadline is None:
                 return None
             # An empty queue takes any request; one larger than the budget gets the time it needs.
             return max(deadline, time.monotonic() + 2 * self.expected_seconds(tokens))
-        if self._queued + rows > self.max_queue_rows:
+        if self._queued and self._queued + rows > self.max_queue_rows:
             raise OverloadedError(
                 f"server is busy: {self._queued} rows are queued (limit {self.max_queue_rows})",
                 retry_after=self.retry_after(),
@@ -205,17 +206,18 @@ class Batcher:
 
     # -- scoring --------------------------------------------------------------------------------------
 
-    async def score(self, rows: list[Row], deadline: float | None = None) -> Logits:
+    async def score(self, rows: list[Row], deadline: float | None = None, strict: bool = False) -> Logits:
         """Logits (rows x labels) for `rows`, computed in batches shared with other callers.
 
         Raises OverloadedError when the request cannot be admitted and DeadlineExceededError when its
         deadline (a `time.monotonic()` value) passes while rows are still queued. Cancelling the caller
-        withdraws the rows that are still queued.
+        withdraws the rows that are still queued. `strict`: the deadline is the client's own, so even an
+        empty queue does not take work expected to miss it.
         """
         if self._loop is None or self._wakeup is None:
             raise RuntimeError("Batcher.start() was not called")
         tokens = sum(len(row) for row in rows)
-        deadline = self.admit(len(rows), tokens, deadline)
+        deadline = self.admit(len(rows), tokens, deadline, strict)
         future: asyncio.Future[Logits] = self._loop.create_future()
         owner = _Submission(future, np.zeros((len(rows), self._num_labels), dtype=np.float32), len(rows))
         if not rows:

@@ -40,7 +40,7 @@ class OverloadedError(RerankError):
 
 
 class DeadlineExceededError(RerankError):
-    """The request's deadline passed while some of its rows were still waiting for inference."""
+    """The request's deadline passed while some of its rows were still waiting for inference (429)."""
 
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)

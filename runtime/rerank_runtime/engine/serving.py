@@ -36,8 +36,10 @@ class RerankQuery:
     max_tokens_per_doc: int | None = None
     raw_scores: bool = False
     # `time.monotonic()` by which the answer is due: work expected to miss it is refused (429), work still
-    # queued when it passes fails (503). None: no deadline.
+    # queued when it passes fails (429). None: no deadline. `strict_deadline`: the client set it, so it holds
+    # even for a request that would have the model to itself.
     deadline: float | None = None
+    strict_deadline: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,10 @@ class RerankService:
                     # Refuse before tokenizing when even a lower bound of the work cannot make it.
                     if version.batcher is not None:
                         version.batcher.admit(
-                            len(request.documents), _token_lower_bound(request), request.deadline
+                            len(request.documents),
+                            _token_lower_bound(request),
+                            request.deadline,
+                            request.strict_deadline,
                         )
                     loop = asyncio.get_running_loop()
                     prepared = await loop.run_in_executor(
@@ -202,7 +207,7 @@ class RerankService:
                         request.max_chunks_per_doc,
                         request.max_tokens_per_doc,
                     )
-                    logits = await version.score(prepared.rows, request.deadline)
+                    logits = await version.score(prepared.rows, request.deadline, request.strict_deadline)
                 except (OverloadedError, DeadlineExceededError) as exc:
                     if self.metrics is not None:
                         reason = exc.reason if isinstance(exc, OverloadedError) else "deadline"

@@ -45,7 +45,8 @@ class TextTokenizer:
 
     def encode(self, texts: Sequence[str]) -> list[TokenIds]:
         """Token ids of each text, in input order."""
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        # Empty texts have no tokens; a group of only empty strings also trips the tokenizer model.
+        order = sorted((i for i in range(len(texts)) if texts[i]), key=lambda i: len(texts[i]))
         result: list[TokenIds] = [np.empty(0, dtype=np.int64)] * len(texts)
         group: list[int] = []
         group_chars = 0

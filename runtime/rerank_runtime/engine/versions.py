@@ -187,11 +187,11 @@ class LoadedVersion:
         )
         self.batcher.start()
 
-    async def score(self, rows: list[Row], deadline: float | None = None) -> Logits:
+    async def score(self, rows: list[Row], deadline: float | None = None, strict: bool = False) -> Logits:
         """Logits for `rows` through the shared batcher (admission, deadline: see `Batcher.score`)."""
         if self.batcher is None:
             raise RuntimeError("version is not active")
-        return await self.batcher.score(rows, deadline)
+        return await self.batcher.score(rows, deadline, strict)
 
     async def release(self) -> None:
         """Stop the batcher and free the compiled model."""

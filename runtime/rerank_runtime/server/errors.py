@@ -135,9 +135,9 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(request, 413, str(exc))
         if isinstance(exc, ModelNotFoundError):
             return error_response(request, 404, str(exc))
-        if isinstance(exc, OverloadedError):
+        if isinstance(exc, OverloadedError | DeadlineExceededError):
             return error_response(request, 429, str(exc), retry_after(exc.retry_after))
-        if isinstance(exc, ModelNotReadyError | DeadlineExceededError):
+        if isinstance(exc, ModelNotReadyError):
             return error_response(request, 503, str(exc), retry_after(exc.retry_after))
         logger.error("unexpected engine error: %s", exc)
         return error_response(request, 503, f"model unavailable: {exc}", retry_after(1))

@@ -9,24 +9,42 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 from rerank_runtime.engine.errors import InvalidRequestError, PayloadTooLargeError
 from rerank_runtime.engine.serving import RerankQuery
 
 # An object document needs at least one field to score.
 DocumentItem = StrictStr | Annotated[dict[str, Any], Field(min_length=1)]
+
+
+def _integral(value: Any) -> Any:
+    # JSON Schema counts 3.0 as an integer; strings and fractions stay errors.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[StrictInt, BeforeValidator(_integral)]
 # Integers that must be positive; the upper bound only keeps values within what JSON clients exchange safely.
-PositiveInt = Annotated[StrictInt, Field(ge=1, le=2**31 - 1)]
+# (The bounds come before the validator so that they reach the JSON schema as minimum/maximum.)
+PositiveInt = Annotated[StrictInt, Field(ge=1, le=2**31 - 1), BeforeValidator(_integral)]
 # Text with at least one character that is not whitespace.
 _NOT_BLANK = r"\S"
 
 
-def _array_only(schema: dict[str, Any]) -> None:
-    """Schema of a list field that may be left out but not sent as null: keep only the array variant."""
+def not_null(schema: dict[str, Any]) -> None:
+    """Schema of a field that may be left out but not sent as null: drop the null variant."""
     variants = schema.pop("anyOf", None)
     if variants:
-        schema.update(next(v for v in variants if v.get("type") == "array"))
+        schema.update(next(v for v in variants if v.get("type") != "null"))
 
 
 class RerankRequest(BaseModel):
@@ -49,13 +67,13 @@ class RerankRequest(BaseModel):
         default=None,
         min_length=1,
         description="Strings, or objects with `text` and other fields (see `rank_fields`)",
-        json_schema_extra=_array_only,
+        json_schema_extra=not_null,
     )
     texts: list[StrictStr] | None = Field(
         default=None,
         min_length=1,
         description="TEI: documents as strings (TEI response)",
-        json_schema_extra=_array_only,
+        json_schema_extra=not_null,
     )
     top_n: PositiveInt | None = Field(default=None, description="Return only the best N results")
     rank_fields: list[StrictStr] | None = Field(
@@ -67,7 +85,7 @@ class RerankRequest(BaseModel):
     )
     max_tokens_per_doc: PositiveInt | None = Field(default=None, description="Tokens kept per document")
     raw_scores: StrictBool | None = Field(default=None, description="Logits instead of sigmoid scores")
-    priority: StrictInt | None = Field(default=None, description="Accepted for Cohere v2; not used")
+    priority: JsonInt | None = Field(default=None, description="Accepted for Cohere v2; not used")
     return_text: StrictBool | None = Field(default=None, description="TEI: echo the text in each result")
     truncate: StrictBool | None = Field(default=None, description="TEI: accepted; long texts are chunked")
     truncation_direction: StrictStr | None = Field(default=None, description="TEI: accepted; not used")
@@ -136,7 +154,7 @@ def document_text(document: DocumentItem, rank_fields: list[str] | None, index: 
 
 
 def to_query(
-    request: RerankRequest, max_documents: int, deadline: float | None = None
+    request: RerankRequest, max_documents: int, deadline: float | None = None, strict_deadline: bool = False
 ) -> tuple[RerankQuery, list[DocumentItem]]:
     """Check the request's meaning (400/413); return the engine's query and the original documents.
 
@@ -173,6 +191,7 @@ def to_query(
         max_tokens_per_doc=request.max_tokens_per_doc,
         raw_scores=bool(request.raw_scores),
         deadline=deadline,
+        strict_deadline=strict_deadline,
     )
     return query, documents
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -77,4 +78,45 @@ def test_openapi_documents_every_route(f32_server: LiveServer) -> None:
     expected = [*RERANK_PATHS, "/v2/health/live", "/v2/health/ready", "/v1/models", "/metrics"]
     assert all(path in paths for path in expected), sorted(paths)
     assert "/v2/models/{name}/ready" in paths and "/v2/models/{name}" in paths
-    assert httpx.get(f"{f32_server.base_url}/docs").status_code == 200
+
+
+def test_openapi_states_what_the_server_enforces(
+    f32_server: LiveServer, minilm_repository: tuple[Path, str]
+) -> None:
+    """Bounds, status codes and examples in the schema match the server: a client generating requests
+    from it gets no surprise 400s, and the example names a model that is served."""
+    schema = httpx.get(f"{f32_server.base_url}/openapi.json").json()
+    request = schema["components"]["schemas"]["RerankRequest"]
+    fields = request["properties"]
+    for name in ("top_n", "max_tokens_per_doc", "max_chunks_per_doc"):
+        assert fields[name]["anyOf"][0]["minimum"] == 1, name
+    assert fields["documents"]["minItems"] == 1 and fields["documents"]["maxItems"] == 1000
+    assert fields["texts"]["maxItems"] == 1000 and "null" not in str(fields["texts"])
+    assert "query" in request["required"] and fields["query"]["pattern"] == "\\S"
+    assert request["examples"][0]["model"] == minilm_repository[1]
+    paths = schema["paths"]
+    for path in RERANK_PATHS:
+        documented = set(paths[path]["post"]["responses"])
+        assert {"200", "400", "401", "404", "408", "413", "422", "429", "503"} <= documented, path
+        assert "Retry-After" in paths[path]["post"]["responses"]["429"]["headers"]
+    assert {"200", "404", "503"} <= set(paths["/v2/models/{name}/ready"]["get"]["responses"])
+    assert "404" in paths["/v2/models/{name}"]["get"]["responses"]
+    assert "503" in paths["/v2/health/ready"]["get"]["responses"]
+    # The example request works as written.
+    example = request["examples"][0]
+    assert httpx.post(f"{f32_server.base_url}/v1/rerank", json=example, headers=AUTH).status_code == 200
+
+
+def test_docs_work_without_internet(f32_server: LiveServer) -> None:
+    """/docs loads Swagger UI from this server only (no CDN), and every asset it names is served."""
+    page = httpx.get(f"{f32_server.base_url}/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)
+    urls += re.findall(r"""url: *["']([^"']+)["']""", page.text)
+    assert urls and not [u for u in urls if u.startswith(("http:", "https:", "//"))], urls
+    for url in urls:
+        response = httpx.get(f"{f32_server.base_url}{url}")
+        assert response.status_code == 200 and response.content, url
+    script = httpx.get(f"{f32_server.base_url}/docs/assets/swagger-ui-bundle.js").text
+    assert "SwaggerUIBundle" in script
+    assert httpx.get(f"{f32_server.base_url}/redoc").status_code == 404

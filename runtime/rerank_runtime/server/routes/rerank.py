@@ -23,6 +23,7 @@ from rerank_runtime.server.schemas import (
     RerankRequest,
     RerankResponse,
     TeiRank,
+    not_null,
     to_query,
 )
 from rerank_runtime.server.settings import Settings
@@ -45,12 +46,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"description": "Request body or document count over the limit"},
     422: {"description": "Request does not match the schema"},
     429: {
-        "description": "Expected completion beyond the waiting-time budget, or queue full",
+        "description": "Expected completion beyond the waiting-time budget, deadline passed while queued, "
+        "or queue full",
         "headers": _RETRY_AFTER,
     },
     CLIENT_CLOSED: {"description": "The client closed the connection first (only seen in metrics)"},
     503: {
-        "description": "Model not ready, shutting down, or the deadline passed while queued",
+        "description": "Model not ready, or shutting down",
         "headers": _RETRY_AFTER,
     },
 }
@@ -68,6 +70,7 @@ DeadlineHeader = Annotated[
         alias=DEADLINE_HEADER,
         gt=0,
         allow_inf_nan=False,
+        json_schema_extra=not_null,  # a header is absent or a number, never `null`
         description="Seconds this client will wait; a request expected to take longer is refused at once "
         "(429). The server's latency budget applies when it is shorter.",
     ),
@@ -139,7 +142,8 @@ async def _rerank(
     api_version: str,
     client_timeout: float | None,
 ) -> JSONResponse:
-    query, documents = to_query(body, settings.max_documents, _deadline(request, settings, client_timeout))
+    deadline = _deadline(request, settings, client_timeout)
+    query, documents = to_query(body, settings.max_documents, deadline, client_timeout is not None)
     outcome = await _score(request, service, query)
     headers = {"x-model-version": str(outcome.version)}
     content = _cohere_body(outcome, documents, bool(body.return_documents), api_version)
@@ -197,7 +201,8 @@ async def rerank_compat(
     """Cohere's container path; a TEI body (`texts`) gets TEI's bare array of `{index, score, text?}`."""
     if not body.is_tei:
         return await _rerank(request, body, service, settings, "2", client_timeout)
-    query, _ = to_query(body, settings.max_documents, _deadline(request, settings, client_timeout))
+    deadline = _deadline(request, settings, client_timeout)
+    query, _ = to_query(body, settings.max_documents, deadline, client_timeout is not None)
     outcome = await _score(request, service, query)
     ranks = []
     for ranked in outcome.ranking:
