@@ -74,17 +74,14 @@ SYSCTLS = (
     "net.netfilter.nf_conntrack_tcp_timeout_established",
     "net.netfilter.nf_conntrack_tcp_timeout_close_wait",
 )
-# Paths the kubelet, containerd or CNI hard-code outside the directories we give them.
-HOST_PATHS = (
-    "/var/lib/kubelet",
-    "/var/lib/cni",
-    "/var/log/pods",
-    "/var/log/containers",
-    "/run/containerd",
-    "/run/netns",
-    "/etc/cni",
-    "/opt/cni",
-)
+# Paths the kubelet and containerd hard-code outside the directories we give them, used by nothing else here:
+# removed on teardown when they did not exist before.
+HOST_PATHS = ("/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/run/containerd")
+# Shared with other CNI users (podman): only our network's entries go, then the directories if empty.
+SHARED_CNI_PATHS = ("/var/lib/cni", "/run/netns")
+# Only the kubelet changes these; the forwarding/bridge sysctls are also set by podman, so a difference there
+# after teardown may be someone else's.
+OWN_SYSCTLS = ("kernel.panic", "kernel.panic_on_oops", "vm.overcommit_memory")
 # Only kube-proxy's and the kubelet's chains: the pod network is configured without ipMasq/portmap so the CNI
 # plugins add no chains (CNI-* chains on this host may belong to podman).
 CHAIN_PREFIXES = ("KUBE-",)
@@ -299,6 +296,7 @@ class Node:
             "bin_dir": str(self.bin_dir),
             "sysctls": {name: _read_sysctl(name) for name in SYSCTLS if _read_sysctl(name) is not None},
             "host_paths_created": [p for p in HOST_PATHS if not os.path.lexists(p)],
+            "shared_paths_created": [p for p in SHARED_CNI_PATHS if not os.path.lexists(p)],
             "links": [NODE_BRIDGE, POD_BRIDGE],
             # A node started by a test session belongs to that process: when it is gone, the node is debris.
             "owner_pid": None if self.detached else os.getpid(),
@@ -681,11 +679,27 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
                     Path(path).unlink()
                 else:
                     shutil.rmtree(path)
+        _remove_cni_leftovers(self.state.get("shared_paths_created", []))
         if not problems:
             shutil.rmtree(self.node_dir, ignore_errors=True)
             if self.node_dir.exists():
                 problems.append(f"{self.node_dir} could not be removed")
         return problems
+
+
+def _remove_cni_leftovers(created: list[str]) -> None:
+    """libcni's result cache of our network; then /var/lib/cni and /run/netns if we created them and they are
+    empty (podman may have put its own entries there meanwhile)."""
+    cache = Path("/var/lib/cni")
+    ours = [f"results/{CNI_NETWORK}-*", "results/cni-loopback-*", f"networks/{CNI_NETWORK}"]  # go-cni names
+    for path in [match for pattern in ours for match in cache.glob(pattern)]:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for path in created:
+        directories = sorted((p for p in Path(path).rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+        for directory in [*directories, Path(path)]:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 def _kubepods_pids() -> list[int]:
@@ -885,7 +899,7 @@ def host_snapshot() -> dict[str, Any]:
     return {
         "links": sorted(p.name for p in Path("/sys/class/net").iterdir() if p.name.startswith("rr")),
         "chains": sorted(chains),
-        "sysctls": {name: _read_sysctl(name) for name in SYSCTLS},
+        "sysctls": {name: _read_sysctl(name) for name in OWN_SYSCTLS},
         "host_paths": {path: os.path.lexists(path) for path in HOST_PATHS},
         "mounts": sorted({m for m in _mounts() if m.startswith(ours)}),
         "kubepods_cgroups": sorted(
