@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: setup lint format test test-unit test-cluster test-node control-plane node cluster-up cluster-down demo bench clean
+.PHONY: setup lint format test test-unit test-cluster test-node control-plane node gitops cluster-up cluster-down demo bench clean
 
 setup: $(STAMP)
 
@@ -35,13 +35,17 @@ control-plane:
 node:
 	@bash hack/node.sh build
 
-test: setup lint control-plane node
+# Flux's source-controller and kustomize-controller for the gitops tier (first time only; also installs git).
+gitops:
+	@bash hack/gitops.sh build
+
+test: setup lint control-plane node gitops
 	$(BIN)/pytest
 
 test-unit: setup
 	$(BIN)/pytest -m 'not cluster and not e2e and not node'
 
-test-cluster: setup control-plane
+test-cluster: setup control-plane gitops
 	$(BIN)/pytest -m 'cluster or e2e'
 
 test-node: setup control-plane node
