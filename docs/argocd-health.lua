@@ -30,10 +30,40 @@ if status.observedGeneration == nil or status.observedGeneration < obj.metadata.
   return hs
 end
 
+-- The same order as kstatus (what Flux's health checks use): Stalled=True is a failure, Reconciling=True work
+-- in progress, then Ready decides. Statuses without these conditions (older operators) fall back to phase.
 local ready = condition(status, "Ready")
+local stalled = condition(status, "Stalled")
+local reconciling = condition(status, "Reconciling")
 local detail = ""
 if ready ~= nil and ready.message ~= nil then
   detail = ready.message
+end
+
+if stalled ~= nil and stalled.status == "True" then
+  hs.status = "Degraded"
+  local reason = stalled.message or stalled.reason or ""
+  if status.servingVersion ~= nil then
+    hs.message = "Still serving version " .. tostring(status.servingVersion) .. "; " .. reason
+  else
+    hs.message = reason
+  end
+  return hs
+end
+if reconciling ~= nil and reconciling.status == "True" then
+  hs.status = "Progressing"
+  hs.message = (reconciling.reason or status.phase) .. ": " .. (reconciling.message or detail)
+  return hs
+end
+if stalled ~= nil or reconciling ~= nil then
+  if ready ~= nil and ready.status == "True" then
+    hs.status = "Healthy"
+    hs.message = "Serving version " .. tostring(status.servingVersion)
+  else
+    hs.status = "Progressing"
+    hs.message = status.phase .. ": " .. detail
+  end
+  return hs
 end
 
 if status.phase == "Ready" then

@@ -26,7 +26,7 @@ from rerank_operator.naming import (
 from rerank_operator.observed import JobState, deployment_state, job_state, ready_pods
 from rerank_operator.settings import OperatorSettings
 from rerank_operator.spec import ModelIdentity, RerankModelSpec
-from rerank_operator.status import StatusInputs, compute_status, status_events
+from rerank_operator.status import StatusInputs, accepted_status, compute_status, status_events
 from rerank_operator.versions import (
     desired_version,
     export_fingerprint,
@@ -294,7 +294,7 @@ def reconcile(
     events: list[Event] = []
     if not previous_status.get("phase"):
         # Accepted: say so before the first (possibly slow) API round.
-        previous_status = {"phase": "Pending", "observedGeneration": model.generation}
+        previous_status = accepted_status(model.generation, now)
         kube.patch_status(model, previous_status)
         events.append(("Normal", "PhasePending", "accepted; preparing storage and the first export"))
 

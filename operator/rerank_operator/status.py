@@ -161,6 +161,25 @@ def with_timestamps(
     return result
 
 
+def accepted_status(generation: int, now: str) -> dict[str, Any]:
+    """The first status of a new RerankModel, written before the first (possibly slow) API round.
+
+    It must never read as healthy: kstatus (Flux's health checks) takes an object whose observedGeneration
+    matches and that has no Ready, Reconciling or Stalled condition as current, so say Reconciling=True.
+    """
+    message = "accepted; preparing storage and the first export"
+    computed = [
+        Condition("Ready", False, "Accepted", message),
+        Condition("Reconciling", True, "Accepted", message),
+        Condition("Stalled", False, "NoFailure", "nothing stops the reconcile"),
+    ]
+    return {
+        "phase": "Pending",
+        "observedGeneration": generation,
+        "conditions": with_timestamps(computed, [], generation, now),
+    }
+
+
 def compute_status(inputs: StatusInputs, previous: dict[str, Any], now: str) -> dict[str, Any]:
     """The full status to write (a merge patch: None removes a field)."""
     computed = conditions(inputs)

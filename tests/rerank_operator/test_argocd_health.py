@@ -70,3 +70,45 @@ def test_messages_name_the_served_version_and_the_failure() -> None:
     )
     assert "Still serving version 1" in degraded["message"]
     assert "repo not found" in degraded["message"]
+
+
+def kstatus_conditions(ready: str, reconciling: str, stalled: str, message: str) -> list[dict[str, str]]:
+    return [
+        {"type": "Ready", "status": ready, "reason": "R", "message": message},
+        {"type": "Reconciling", "status": reconciling, "reason": "Exporting", "message": message},
+        {"type": "Stalled", "status": stalled, "reason": "ExportFailed", "message": message},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("phase", "ready", "reconciling", "stalled", "expected"),
+    [
+        # kstatus: Stalled=True is Failed, Reconciling=True InProgress, then Ready decides (Current).
+        ("Exporting", "False", "True", "False", "Progressing"),
+        ("Pending", "False", "True", "False", "Progressing"),
+        ("Ready", "True", "False", "False", "Healthy"),
+        ("Degraded", "False", "False", "True", "Degraded"),
+        ("Failed", "False", "False", "True", "Degraded"),
+        # The conditions win over the phase: Argo CD and Flux never disagree.
+        ("Ready", "False", "True", "False", "Progressing"),
+        ("Ready", "False", "False", "True", "Degraded"),
+    ],
+)
+def test_kstatus_conditions_decide_like_flux(
+    phase: str, ready: str, reconciling: str, stalled: str, expected: str
+) -> None:
+    status = {
+        "phase": phase,
+        "observedGeneration": 2,
+        "servingVersion": 1,
+        "conditions": kstatus_conditions(ready, reconciling, stalled, "error: repo not found"),
+    }
+    result = health(rerank_model(2, status))
+    assert result["status"] == expected
+    if expected == "Degraded":
+        assert result["message"] == "Still serving version 1; error: repo not found"
+
+
+def test_a_new_object_with_the_defaulted_status_is_progressing() -> None:
+    """The CRD defaults status to observedGeneration 0 until the operator writes it."""
+    assert health(rerank_model(1, {"observedGeneration": 0}))["status"] == "Progressing"

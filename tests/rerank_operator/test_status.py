@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from rerank_operator.status import StatusInputs, compute_status, status_events
+from rerank_operator.status import StatusInputs, accepted_status, compute_status, status_events
 
 BASE = StatusInputs(
     generation=4,
@@ -95,3 +95,16 @@ def test_events_for_phase_and_serving_changes() -> None:
     reasons = [reason for _, reason, _ in status_events(before, after)]
     assert reasons == ["PhaseReady", "ServingVersionChanged"]
     assert status_events(after, after) == []
+
+
+def test_accepted_status_is_in_progress_for_kstatus() -> None:
+    """The first status write (before any Job exists) says Reconciling: Flux must not read it as current."""
+    status = accepted_status(3, "2026-01-01T00:00:00Z")
+    assert (status["phase"], status["observedGeneration"]) == ("Pending", 3)
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert {t: c["status"] for t, c in conditions.items()} == {
+        "Ready": "False",
+        "Reconciling": "True",
+        "Stalled": "False",
+    }
+    assert all(c["observedGeneration"] == 3 and c["lastTransitionTime"] for c in conditions.values())

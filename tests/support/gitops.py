@@ -378,8 +378,11 @@ class FluxControllers:
         for record in self.log_records("kustomize-controller"):
             if record.get("msg") != "server-side apply completed":
                 continue
-            owner = record.get("Kustomization") or {}
-            if (owner.get("namespace"), owner.get("name")) == (namespace, name):
+            if (record.get("controller"), record.get("namespace"), record.get("name")) == (
+                "kustomization",
+                namespace,
+                name,
+            ):
                 outputs.append((str(record.get("revision")), dict(record.get("output") or {})))
         return outputs
 

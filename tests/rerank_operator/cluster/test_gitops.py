@@ -13,6 +13,7 @@ Ready, in seconds from the push.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import threading
 import time
@@ -322,6 +323,18 @@ class GitOps:
         self.generation_at_push = self._generation()
         return self.repo.revert(sha), time.monotonic()
 
+    def print_jobs(self) -> None:
+        """Every export/promote Job with its run time (API timestamps, whole seconds)."""
+        for component in ("export", "promote"):
+            for job in self.cluster.jobs(component):
+                status = job.get("status") or {}
+                took = "running"
+                if status.get("startTime") and status.get("completionTime"):
+                    start = dt.datetime.fromisoformat(status["startTime"].replace("Z", "+00:00"))
+                    end = dt.datetime.fromisoformat(status["completionTime"].replace("Z", "+00:00"))
+                    took = f"{(end - start).total_seconds():.0f} s"
+                print(f"[jobs] {component} {job['metadata']['name']}: {took}")
+
     def export_jobs(self) -> list[str]:
         return [j["metadata"]["name"] for j in self.cluster.jobs("export")]
 
@@ -504,6 +517,7 @@ def test_gitops_rollouts(gitops: GitOps) -> None:
     gitops.follow("3 git revert", sha3, pushed, version=1)
     assert len(gitops.export_jobs()) == 2, gitops.export_jobs()
     assert len(gitops.promote_jobs()) == promotes + 1, gitops.promote_jobs()
+    gitops.print_jobs()
     gitops.assert_in_sync("after 3")
 
     # -- 4: an invalid spec: the engine reports the API server's admission error; version 1 keeps serving
