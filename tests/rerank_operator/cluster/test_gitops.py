@@ -482,6 +482,8 @@ def gitops(
             print(f"--- {name} (last lines)\n{flux.tail(name, 10)}")
 
 
+# Two exports and five rollouts in one walk: 11 min on 2 busy cores, above the suite's 900 s default.
+@pytest.mark.timeout(1800)
 def test_gitops_rollouts(gitops: GitOps) -> None:
     cluster = gitops.cluster
 
