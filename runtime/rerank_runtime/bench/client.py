@@ -14,6 +14,7 @@ from typing import Any, TextIO
 import httpx
 
 from rerank_runtime.bench.workload import Workload
+from rerank_runtime.terminal import is_terminal, progress_bar
 
 
 @dataclass
@@ -63,13 +64,11 @@ class BenchResult:
         }
 
 
-def _progress(done: int, total: int, out: TextIO) -> None:
-    width = 40
-    filled = width * done // max(total, 1)
-    out.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-    if done == total:
-        out.write("\n")
-    out.flush()
+def _progress_bar(total: int, out: TextIO) -> Any:
+    """A tqdm bar of answered requests (refreshing live on a terminal, every 10 s in a log)."""
+    return progress_bar(
+        out, total=total, unit="req", desc="requests", mininterval=0.1 if is_terminal(out) else 10.0
+    )
 
 
 async def run_workload(
@@ -95,7 +94,7 @@ async def run_workload(
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limit = asyncio.Semaphore(max_concurrency or len(workload.requests) or 1)
     rng = random.Random(seed)
-    done = 0
+    bar = _progress_bar(len(workload.requests), progress) if progress is not None else None
     limits = httpx.Limits(max_connections=max_concurrency or len(workload.requests) or 1)
 
     async with httpx.AsyncClient(
@@ -103,7 +102,6 @@ async def run_workload(
     ) as client:
 
         async def one(index: int, query: str, documents: list[str]) -> None:
-            nonlocal done
             body: dict[str, Any] = {"query": query, "documents": documents}
             if model:
                 body["model"] = model
@@ -126,9 +124,8 @@ async def run_workload(
                     else:
                         key = str(response.status_code)
                         result.errors[key] = result.errors.get(key, 0) + 1
-            done += 1
-            if progress is not None:
-                _progress(done, result.requests, progress)
+            if bar is not None:
+                bar.update(1)
 
         started = time.perf_counter()
         tasks = []
@@ -136,6 +133,10 @@ async def run_workload(
             tasks.append(asyncio.create_task(one(index, query, documents)))
             if request_rate != float("inf"):
                 await asyncio.sleep(rng.expovariate(request_rate))
-        await asyncio.gather(*tasks)
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            if bar is not None:
+                bar.close()
         result.duration = time.perf_counter() - started
     return result

@@ -65,6 +65,9 @@ class RuntimeMetrics:
             ["model", "version", "state"],
             registry=r,
         )
+        self.swaps = Counter(
+            "rerank_model_swaps", "Hot swaps from one served model version to another", ["model"], registry=r
+        )
         self.rejected = Counter(
             "rerank_rejected_requests",
             "Requests refused (429) or failed in the queue (503): reason budget, queue, inflight or deadline",

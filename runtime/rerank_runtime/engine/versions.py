@@ -258,6 +258,8 @@ class ServedModel:
             self.metrics.served_version.labels(self.name).set(version.number)
         logger.info("model %s: serving version %d", self.name, version.number)
         if previous is not None and previous is not version:
+            if self.metrics is not None:
+                self.metrics.swaps.labels(self.name).inc()
             previous.retired = True
             if previous.leases == 0:
                 self._schedule_release(previous)

@@ -1,6 +1,7 @@
 """``rerank-repo``: export Hugging Face cross-encoders into the model repository and manage its versions.
 
 Success: a human line, then (as the last stdout line) a JSON summary, also written to the termination log.
+Progress goes to stderr: live bars (stages, download bytes) on a terminal, one line per stage otherwise.
 Failure: exit code 1 and one line ``error: ...`` on stderr, also written to the termination log, which is
 how the operator learns why an export Job failed.
 """
@@ -174,6 +175,8 @@ def _version_row(version: ModelVersion, current: int | None) -> dict[str, Any]:
 
 def _cmd_export(args: argparse.Namespace) -> None:
     from rerank_runtime.exporter.export import ExportSpec, run_export
+    from rerank_runtime.exporter.progress import ExportProgress
+    from rerank_runtime.terminal import is_terminal
 
     # Default served name: the repo id, or the folder name of a local source.
     name = args.name or (Path(args.source).name if Path(args.source).is_dir() else args.source)
@@ -189,7 +192,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
         token=_read_token(args.token_file),
         timeout=args.timeout,
     )
-    result = run_export(spec)
+    result = run_export(spec, ExportProgress(sys.stderr, interactive=is_terminal(sys.stderr)))
     version = result.version
     what = "reused existing" if result.reused else "exported"
     human = (

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rerank_runtime.exporter import conversion, source
 from rerank_runtime.exporter.errors import ExportError
+from rerank_runtime.exporter.progress import NullProgress
 from rerank_runtime.repository import (
     Manifest,
     ModelRepository,
@@ -118,7 +119,7 @@ def _finish(repo: ModelRepository, spec: ExportSpec, version: ModelVersion) -> l
 
 
 def _convert_into(
-    staging: Path, model_dir: Path, spec: ExportSpec
+    staging: Path, model_dir: Path, spec: ExportSpec, progress: NullProgress
 ) -> tuple[conversion.ModelInspection, TokenizerInfo]:
     inspection = conversion.inspect_model(model_dir, spec.max_length)
     _check_free_space(staging, model_dir, spec)
@@ -126,10 +127,17 @@ def _convert_into(
     # Detect the row template before the slow conversion so an odd tokenizer fails fast.
     conversion.tokenizer_info(hf_tokenizer, uses_token_type_ids=False)
     log.info("converting %s (%s) to %s", spec.source, inspection.model_type, spec.weight_format)
-    inputs = conversion.convert_model(model_dir, staging, spec.weight_format)
+    progress.stage("convert", inspection.model_type)
+    model = conversion.load_ov_model(model_dir)
+    inputs = [name for port in model.inputs for name in port.get_names()]
+    progress.stage("compress", spec.weight_format)
+    conversion.save_model(conversion.compress_weights(model, spec.weight_format), staging, spec.weight_format)
+    del model
+    progress.stage("tokenizers", f"max length {inspection.max_length}")
     conversion.convert_tokenizers(hf_tokenizer, staging, inspection.max_length)
     shutil.copyfile(model_dir / conversion.CONFIG_JSON, staging / conversion.CONFIG_JSON)
     info = conversion.tokenizer_info(hf_tokenizer, uses_token_type_ids="token_type_ids" in inputs)
+    progress.stage("verify")
     conversion.smoke_test(staging, info.uses_token_type_ids, inspection.num_labels)
     return inspection, info
 
@@ -176,17 +184,23 @@ def _is_disk_full(exc: BaseException, repository: Path | None) -> bool:
 
 
 def _build_in_staging(
-    staging: Path, resolved: source.ResolvedSource, spec: ExportSpec, digest: str, version_string: str
+    staging: Path,
+    resolved: source.ResolvedSource,
+    spec: ExportSpec,
+    digest: str,
+    version_string: str,
+    progress: NullProgress,
 ) -> Manifest:
     """Download (hub sources) and convert into ``staging``; returns the manifest to publish with."""
     download_dir = staging / ".download"
     if resolved.local_dir is not None:
         model_dir = resolved.local_dir
     else:
+        progress.stage("download")
         configs = source.download_hub(resolved, spec.token, spec.timeout, download_dir, config_only=True)
         conversion.inspect_model(configs, spec.max_length)  # refuse unsuitable models before the weights
-        model_dir = source.download_hub(resolved, spec.token, spec.timeout, download_dir)
-    inspection, tokenizer = _convert_into(staging, model_dir, spec)
+        model_dir = source.download_hub(resolved, spec.token, spec.timeout, download_dir, progress=progress)
+    inspection, tokenizer = _convert_into(staging, model_dir, spec, progress)
     shutil.rmtree(download_dir, ignore_errors=True)  # only the artifacts are published
     return Manifest(
         source=resolved.source,
@@ -203,8 +217,27 @@ def _build_in_staging(
     )
 
 
-def run_export(spec: ExportSpec) -> ExportResult:
-    """Export ``spec`` into its repository (idempotent by export hash); raises ExportError."""
+_CONVERSION_STAGES = ["convert", "compress", "tokenizers", "verify", "publish"]
+
+
+def run_export(spec: ExportSpec, progress: NullProgress | None = None) -> ExportResult:
+    """Export ``spec`` into its repository (idempotent by export hash); raises ExportError.
+
+    ``progress`` hears about each stage and the download's bytes (see exporter/progress.py).
+    """
+    progress = progress or NullProgress()
+    hub = not Path(spec.source).is_dir()
+    progress.plan(["resolve", *(["download"] if hub else []), *_CONVERSION_STAGES])
+    outcome = "failed"
+    try:
+        result = _run_export(spec, progress)
+        outcome = "reused" if result.reused else "done"
+        return result
+    finally:
+        progress.close(outcome)
+
+
+def _run_export(spec: ExportSpec, progress: NullProgress) -> ExportResult:
     started = time.monotonic()
     try:
         validate_served_name(spec.name)
@@ -214,6 +247,7 @@ def run_export(spec: ExportSpec) -> ExportResult:
         cleaned = repo.clean_stale_staging(spec.name)
         if cleaned:
             log.info("removed %d staging folder(s) left by an interrupted export", cleaned)
+        progress.stage("resolve", spec.source)
         resolved = _resolve(spec)
         version_string = exporter_version()
         digest = export_hash(resolved, spec, version_string)
@@ -224,7 +258,8 @@ def run_export(spec: ExportSpec) -> ExportResult:
 
         with repo.staging(spec.name) as staging:
             try:
-                manifest = _build_in_staging(staging, resolved, spec, digest, version_string)
+                manifest = _build_in_staging(staging, resolved, spec, digest, version_string, progress)
+                progress.stage("publish", spec.name)
                 version = repo.publish(spec.name, staging, manifest)
             except Exception as exc:
                 # Judge "disk full" now: leaving the block deletes the staging folder and frees the space.

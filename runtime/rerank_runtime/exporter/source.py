@@ -9,6 +9,7 @@ huggingface-hub so a stalled connection fails the export instead of hanging it.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import os
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank_runtime.exporter.errors import ExportError
+from rerank_runtime.exporter.progress import NullProgress
 
 # Only what conversion needs: weights, config and tokenizer files (no ONNX/TF/Flax copies).
 _DOWNLOAD_PATTERNS = [
@@ -151,7 +153,13 @@ def _tree_size(path: Path) -> int:
     return total
 
 
-def _with_stall_guard(download: Callable[[], str], watch: Path, timeout: float, repo_id: str) -> str:
+def _with_stall_guard(
+    download: Callable[[], str],
+    watch: Path,
+    timeout: float,
+    repo_id: str,
+    on_progress: Callable[[int], None] | None = None,
+) -> str:
     """Run ``download`` in a thread and fail when ``watch`` stops growing for ``timeout`` seconds.
 
     huggingface-hub's own timeouts apply per request, but after a timed-out request it retries with a
@@ -168,12 +176,15 @@ def _with_stall_guard(download: Callable[[], str], watch: Path, timeout: float, 
 
     thread = threading.Thread(target=target, name="hub-download", daemon=True)
     thread.start()
+    initial = _tree_size(watch)  # a warm hub cache already holds part of the files
     last_size, last_change = -1, time.monotonic()
     while True:
-        thread.join(timeout=min(1.0, timeout / 4))
+        thread.join(timeout=min(0.5 if on_progress else 1.0, timeout / 4))
         if not thread.is_alive():
             break
         size = _tree_size(watch)
+        if on_progress is not None:
+            on_progress(max(0, size - initial))
         now = time.monotonic()
         if size != last_size:
             last_size, last_change = size, now
@@ -194,10 +205,12 @@ def download_hub(
     download_dir: Path,
     *,
     config_only: bool = False,
+    progress: NullProgress | None = None,
 ) -> Path:
     """Download the files needed for conversion at the resolved commit; returns the local folder.
 
     ``config_only`` fetches just the configs, so an unsuitable model is refused before gigabytes of weights.
+    ``progress`` hears the number of files, their total size and the bytes on disk as they arrive.
 
     Downloads go to huggingface-hub's cache when ``HF_HOME``/``HF_HUB_CACHE`` is set (reused by retries),
     otherwise into ``download_dir``. A download that makes no progress for ``timeout`` seconds fails.
@@ -214,27 +227,40 @@ def download_hub(
         watch = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
     else:
         watch = download_dir
+    progress = progress or NullProgress()
     try:
         if config_only:
             patterns = ["config.json", "tokenizer_config.json"]
         else:
-            files = HfApi(token=token or False).list_repo_files(repo_id, revision=revision)
+            tree = HfApi(token=token or False).list_repo_tree(repo_id, revision=revision, recursive=True)
+            sizes = {entry.path: getattr(entry, "size", None) for entry in tree if hasattr(entry, "size")}
             patterns = list(_DOWNLOAD_PATTERNS)
-            if not any(f.endswith(".safetensors") for f in files):
+            if not any(f.endswith(".safetensors") for f in sizes):
                 patterns += _PYTORCH_PATTERNS
+            # The same glob matching snapshot_download applies to allow_patterns.
+            wanted = [f for f in sizes if any(fnmatch.fnmatch(f, pattern) for pattern in patterns)]
+            known = [sizes[f] for f in wanted]
+            total = sum(s for s in known if s is not None) if all(s is not None for s in known) else None
+            progress.download_started(total, len(wanted))
 
         def download() -> str:
-            return snapshot_download(
-                repo_id,
-                revision=revision,
-                allow_patterns=patterns,
-                token=token or False,
-                etag_timeout=timeout,
-                max_workers=4,
-                local_dir=None if use_cache else str(download_dir),
+            return str(
+                snapshot_download(
+                    repo_id,
+                    revision=revision,
+                    allow_patterns=patterns,
+                    token=token or False,
+                    etag_timeout=timeout,
+                    max_workers=4,
+                    local_dir=None if use_cache else str(download_dir),
+                )
             )
 
-        path = _with_stall_guard(download, watch, timeout, repo_id)
+        path = _with_stall_guard(
+            download, watch, timeout, repo_id, None if config_only else progress.download_advanced
+        )
+        if not config_only:
+            progress.download_finished()
     except (
         errors.HfHubHTTPError,
         errors.OfflineModeIsEnabled,

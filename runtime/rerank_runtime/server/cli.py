@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import signal
 import sys
 import threading
@@ -15,10 +14,12 @@ from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.config import LOGGING_CONFIG
 
 from rerank_runtime.engine.serving import RerankService
 from rerank_runtime.server.app import create_app
 from rerank_runtime.server.http import uvicorn_config
+from rerank_runtime.server.logs import configure_logging
 from rerank_runtime.server.settings import Settings
 
 
@@ -40,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-streams", type=int, help="OpenVINO CPU streams (default: throughput hint)")
     parser.add_argument("--shutdown-delay", type=float, help="seconds not-ready before draining on SIGTERM")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], help="json: one JSON object per line (default: text)"
+    )
     return parser
 
 
@@ -89,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.repository.is_dir():
         print(f"error: repository {settings.repository} is not a directory", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
-    config = uvicorn_config(app, settings)
+    # JSON lines: uvicorn's own formatters would print text, so its loggers propagate to ours instead.
+    log_config = None if settings.log_format == "json" else LOGGING_CONFIG
+    config = uvicorn_config(app, settings, log_config=log_config)
     server = DrainingServer(config, app.state.service, settings.shutdown_delay)
     server.run()
     return 0

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
         default=5, ge=1, description="Seconds an idle keep-alive connection stays open"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="`json`: one JSON object per log line (for log collectors)"
+    )
 
     @model_validator(mode="after")
     def _check_api_key_file(self) -> Settings:
