@@ -31,7 +31,8 @@ STAGES = [
 
 def test_log_output_has_one_line_per_stage(run_cli: RunCli, tmp_path: Path) -> None:
     """Without a terminal (an export Job's log): one plain line per stage, the download's size included."""
-    result = run_cli("export", "--source", HUB_XLMR, "--repository", str(tmp_path / "repo"))
+    args = ["export", "--source", HUB_XLMR, "--repository", str(tmp_path / "repo"), "--weight-format", "fp32"]
+    result = run_cli(*args, timeout=900)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("rerank-repo: [")]
     assert len(lines) == len(STAGES), result.stderr
@@ -41,7 +42,7 @@ def test_log_output_has_one_line_per_stage(run_cli: RunCli, tmp_path: Path) -> N
     assert "\r" not in result.stderr, "no bar redraws in a log"
     assert result.summary()["version"] == 1
 
-    again = run_cli("export", "--source", HUB_XLMR, "--repository", str(tmp_path / "repo"))
+    again = run_cli(*args, timeout=900)
     assert again.summary()["reused"] is True
     # An identical version exists: resolving is the only stage that runs.
     reused = [line for line in again.stderr.splitlines() if line.startswith("rerank-repo: [")]
@@ -81,7 +82,7 @@ def test_terminal_output_shows_progress_bars(fake_hub: FakeHub, tmp_path: Path) 
     log.touch()
     env = cli_env(fake_hub, log)
     args = [RERANK_REPO, "export", "--source", HUB_XLMR, "--repository", str(tmp_path / "repo")]
-    code, output = _run_on_terminal(args, env, timeout=600)
+    code, output = _run_on_terminal(args, env, timeout=900)
     assert code == 0, output
     frames = [frame.strip() for frame in re.split(r"[\r\n]", output) if frame.strip()]
     download = [f for f in frames if f.startswith("download (5 files)")]

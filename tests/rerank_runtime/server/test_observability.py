@@ -3,7 +3,8 @@
 One real `rerank-serve --log-format json` process serves requests, hot-swaps to version 2 and refuses a
 corrupt version 3, so every metric family has samples; then
 - every PromQL query of charts/rerank-operator/dashboards/rerank-runtime.json names only metrics that this
-  server's /metrics really exposes, and the dashboard covers what the issue asks for;
+  server's /metrics really exposes (as samples or declared families), and the dashboard covers what the
+  issue asks for;
 - every line the process wrote is one JSON object with time, level, logger and message.
 """
 
@@ -67,12 +68,20 @@ def dashboard_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def exposed_metric_names(text: str) -> set[str]:
-    """Names of the samples in a Prometheus text exposition."""
-    return {
-        re.split(r"[{ ]", line, maxsplit=1)[0]
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
+    """Names a Prometheus text exposition offers: its samples, and the series of every declared family.
+
+    A labelled family has no sample until its first event (no request refused yet, say) but is declared by
+    its ``# TYPE`` line; a histogram family ``x`` offers ``x_bucket``, ``x_sum`` and ``x_count``.
+    """
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            suffixes = ("_bucket", "_sum", "_count") if kind == "histogram" else ("",)
+            names.update(name + suffix for suffix in suffixes)
+        elif line and not line.startswith("#"):
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return names
 
 
 SERVE_ARGS = ["--poll-interval", "0.3", "--log-format", "json", "--log-level", "info", "--host", "127.0.0.1"]
@@ -180,6 +189,15 @@ def test_every_dashboard_query_names_a_metric_the_runtime_exports(server_run: Se
     assert (
         f'rerank_model_load_failures_total{{model="{server_run.name}",version="3"}} 1.0' in server_run.metrics
     )
+
+
+def test_exposition_parsing_knows_families_without_samples() -> None:
+    text = (
+        "# HELP a_total x\n# TYPE a_total counter\n"
+        '# HELP h x\n# TYPE h histogram\nh_bucket{le="1.0"} 1.0\nh_sum 0.5\nh_count 1.0\n'
+        'g{model="m"} 2.0\n'
+    )
+    assert exposed_metric_names(text) == {"a_total", "h_bucket", "h_sum", "h_count", "g"}
 
 
 def test_metric_name_extraction_sees_through_promql_syntax() -> None:
