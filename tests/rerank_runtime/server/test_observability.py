@@ -128,14 +128,14 @@ def server_run(minilm_repository: tuple[Path, str], tmp_path_factory: pytest.Tem
                     return 0
                 return int(response.json().get("served_version") or 0) if response.status_code == 200 else 0
 
-            wait_until(lambda: served() == 1, 120, "version 1 served")
+            wait_until(lambda: served() == 1, 300, "version 1 served")
             body = {"model": name, "query": "welcome", "documents": ["good morning", "farewell"]}
             for route in ("/v1/rerank", "/v2/rerank", "/rerank"):
                 assert httpx.post(base_url + route, json=body, timeout=60).status_code == 200
             assert httpx.post(f"{base_url}/v2/rerank", json={"query": 1}).status_code == 422
 
             publish_copy(repository, name, "v2")
-            wait_until(lambda: served() == 2, 120, "hot swap to version 2")
+            wait_until(lambda: served() == 2, 300, "hot swap to version 2")
             broken = publish_copy(repository, name, "v3-corrupt")
             (broken.path / "model.bin").write_bytes(b"not a model")
 
@@ -143,7 +143,7 @@ def server_run(minilm_repository: tuple[Path, str], tmp_path_factory: pytest.Tem
                 versions = httpx.get(model_url, timeout=2).json()["versions"]
                 return any(v["version"] == 3 and v["state"] == "FAILED" for v in versions)
 
-            wait_until(failed, 60, "version 3 reported as failed")
+            wait_until(failed, 300, "version 3 reported as failed")
             assert httpx.post(f"{base_url}/v2/rerank", json=body, timeout=60).status_code == 200
             metrics = httpx.get(f"{base_url}/metrics", timeout=10).text
         finally:
