@@ -10,6 +10,7 @@ from typing import Any
 import kopf
 
 from rerank_operator.kube import KubeClient
+from rerank_operator.naming import RETRY_ANNOTATION, retry_token
 from rerank_operator.reconciler import reconcile
 from rerank_operator.settings import GROUP, PLURAL, VERSION, OperatorSettings
 from rerank_operator.spec import ModelIdentity, RerankModelSpec
@@ -58,6 +59,7 @@ def _run(body: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
         namespace=meta["namespace"],
         uid=meta["uid"],
         generation=int(meta.get("generation", 1)),
+        retry_token=retry_token((meta.get("annotations") or {}).get(RETRY_ANNOTATION)),
     )
     spec = RerankModelSpec.model_validate(dict(body["spec"]))
     with _lock(memo):

@@ -14,6 +14,9 @@ FINGERPRINT_LABEL = f"{LABEL_PREFIX}/fingerprint"
 GENERATION_LABEL = f"{LABEL_PREFIX}/generation"
 TARGET_VERSION_LABEL = f"{LABEL_PREFIX}/version"
 PROMOTES_LABEL = f"{LABEL_PREFIX}/promotes"
+ATTEMPT_LABEL = f"{LABEL_PREFIX}/attempt"
+RETRY_TOKEN_LABEL = f"{LABEL_PREFIX}/retry-token"
+RETRY_ANNOTATION = f"{LABEL_PREFIX}/retry-export"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 MANAGED_BY = "rerank-operator"
 
@@ -38,9 +41,18 @@ def claim_name(model: ModelIdentity, spec: RerankModelSpec) -> str:
     return spec.storage.existing_claim or child_name(model, "models")
 
 
-def export_job_name(model: ModelIdentity, fingerprint: str) -> str:
-    """Export Job name: fixed by the spec fingerprint and generation, so a restarted operator finds it."""
-    return child_name(model, f"export-{fingerprint[:8]}-g{model.generation}")
+def export_job_name(model: ModelIdentity, fingerprint: str, attempt: int = 1) -> str:
+    """Export Job name: fixed by the spec fingerprint, generation and retry attempt, so a restarted operator
+    finds it."""
+    retry = f"-a{attempt}" if attempt > 1 else ""
+    return child_name(model, f"export-{fingerprint[:8]}-g{model.generation}{retry}")
+
+
+def retry_token(annotation: str | None) -> str | None:
+    """Short label-safe digest of the retry annotation's value (any string a user may write)."""
+    if not annotation:
+        return None
+    return hashlib.sha256(annotation.encode()).hexdigest()[:12]
 
 
 def promote_job_name(model: ModelIdentity, version: int) -> str:

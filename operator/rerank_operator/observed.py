@@ -6,10 +6,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rerank_operator.naming import (
+    ATTEMPT_LABEL,
     COMPONENT_LABEL,
     FINGERPRINT_LABEL,
     GENERATION_LABEL,
     PROMOTES_LABEL,
+    RETRY_TOKEN_LABEL,
     TARGET_VERSION_LABEL,
 )
 
@@ -29,6 +31,9 @@ class JobState:
     target_version: int | None = None
     finished_at: str | None = None
     message: str | None = None
+    failure_reason: str | None = None  # reason of the Failed condition (BackoffLimitExceeded, ...)
+    attempt: int = 1
+    retry_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ def job_state(job: dict[str, Any], message: str | None = None) -> JobState:
     else:
         phase = "active"
     target = labels.get(TARGET_VERSION_LABEL)
+    attempt = labels.get(ATTEMPT_LABEL, "1")
     return JobState(
         name=job["metadata"]["name"],
         component=labels.get(COMPONENT_LABEL, ""),
@@ -73,6 +79,9 @@ def job_state(job: dict[str, Any], message: str | None = None) -> JobState:
         target_version=int(target) if target and target.isdigit() else None,
         finished_at=finished_at,
         message=message,
+        failure_reason=failed.get("reason") if failed is not None and phase == "failed" else None,
+        attempt=int(attempt) if attempt.isdigit() else 1,
+        retry_token=labels.get(RETRY_TOKEN_LABEL),
     )
 
 

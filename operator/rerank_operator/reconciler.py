@@ -24,6 +24,7 @@ from rerank_operator.naming import (
     runtime_selector,
 )
 from rerank_operator.observed import JobState, deployment_state, job_state, ready_pods
+from rerank_operator.retries import next_attempt, retry_at, retryable
 from rerank_operator.settings import OperatorSettings
 from rerank_operator.spec import ModelIdentity, RerankModelSpec
 from rerank_operator.status import StatusInputs, accepted_status, compute_status, status_events
@@ -31,6 +32,7 @@ from rerank_operator.versions import (
     desired_version,
     export_fingerprint,
     failure_line,
+    largest_size,
     parse_export_result,
     record_version,
     retained,
@@ -87,9 +89,14 @@ def needs_message(job: JobState, history: History) -> bool:
 
 
 def harvest(
-    history: History, spec: RerankModelSpec, jobs: list[JobState], now: str
+    history: History,
+    spec: RerankModelSpec,
+    jobs: list[JobState],
+    now: str,
+    retry_base_seconds: float = 30.0,
 ) -> tuple[History, list[Event]]:
-    """Fold finished Jobs into the history: new versions, the promoted version, the latest failure."""
+    """Fold finished Jobs into the history: new versions, the promoted version, the latest failure (with
+    whether and when an export failure is retried)."""
     events: list[Event] = []
     versions = history.versions
     failures: list[tuple[str, JobState, str]] = []
@@ -141,6 +148,14 @@ def harvest(
                 last_failure["fingerprint"] = job.fingerprint
             if job.target_version is not None:
                 last_failure["version"] = job.target_version
+            if job.component == "export":
+                last_failure["attempt"] = job.attempt
+                last_failure["transient"] = retryable(job)
+                if job.retry_token is not None:
+                    last_failure["retryToken"] = job.retry_token
+                if (when := retry_at(job, retry_base_seconds)) is not None:
+                    last_failure["retryAt"] = when
+                    message += f" (transient: retried at {when})"
             events.append(("Warning", reason, f"Job {job.name}: {message}"))
 
     protected = {v for v in (promoted, spec.version_policy.pin) if v is not None}
@@ -156,6 +171,7 @@ def decide(
     jobs: list[JobState],
     *,
     deployed: bool,
+    now: str = "",
 ) -> Decision:
     """Which Jobs to create or delete and whether to deploy, so that the spec's version ends up served.
 
@@ -176,23 +192,50 @@ def decide(
             events.append(
                 ("Normal", "ExportSuperseded", f"deleted Job {job.name}: the export settings changed")
             )
-    running_export = next((j.name for j in active_exports if j.fingerprint == fingerprint), None)
+        elif spec.version_policy.pin is not None and job.promotes:
+            # Started before the pin: it would make its version current over the pinned one.
+            delete.append(job.name)
+            events.append(
+                (
+                    "Normal",
+                    "ExportRestarted",
+                    f"deleted Job {job.name}: versionPolicy.pin is set, the export must not become current",
+                )
+            )
+    running_export = next(
+        (j.name for j in active_exports if j.fingerprint == fingerprint and j.name not in delete), None
+    )
 
     failure = history.last_failure or {}
-    failed_export_here = any(
+    failure_here = failure.get("fingerprint") == fingerprint and failure.get("generation") == model.generation
+    failed_export_here = failure_here or any(
         j.phase == "failed" and j.fingerprint == fingerprint and j.generation == model.generation
         for j in exports
-    ) or (failure.get("fingerprint") == fingerprint and failure.get("generation") == model.generation)
+    )
+    attempt, retry_reason = 1, ""
+    if failed_export_here and failure_here and known is None and running_export is None:
+        retry = next_attempt(failure, model.retry_token, now)
+        if retry is not None:
+            (attempt, retry_reason), failed_export_here = retry, False
 
     if known is None and running_export is None and not failed_export_here:
         export_job = builders.build_export_job(
-            model, spec, settings, fingerprint, promote=spec.version_policy.pin is None
+            model, spec, settings, fingerprint, promote=spec.version_policy.pin is None, attempt=attempt
         )
         create.append(export_job)
         running_export = export_job["metadata"]["name"]
-        events.append(
-            ("Normal", "ExportStarted", f"created Job {running_export} for the current export settings")
-        )
+        if retry_reason:
+            events.append(
+                (
+                    "Normal",
+                    "ExportRetried",
+                    f"created Job {running_export} (attempt {attempt}): {retry_reason}",
+                )
+            )
+        else:
+            events.append(
+                ("Normal", "ExportStarted", f"created Job {running_export} for the current export settings")
+            )
 
     desired = desired_version(spec, history.versions, fingerprint)
     promotes = [j for j in jobs if j.component == "promote"]
@@ -262,6 +305,21 @@ def _apply_child(
     return after
 
 
+def _remove_child(
+    kube: KubeClient, model: ModelIdentity, api_version: str, kind: str, why: str, events: list[Event]
+) -> None:
+    """Delete an owned child the spec no longer asks for (read first: no DELETE while there is none)."""
+    name = child_name(model)
+    found = kube.get(api_version, kind, model.namespace, name)
+    if found is None:
+        return
+    owners = found["metadata"].get("ownerReferences") or []
+    if any(ref.get("uid") == model.uid for ref in owners) and kube.delete(
+        api_version, kind, model.namespace, name
+    ):
+        events.append(("Normal", "Deleted", f"deleted the {kind}: {why}"))
+
+
 def _pod_reports(
     kube: KubeClient, model: ModelIdentity, spec: RerankModelSpec, settings: OperatorSettings
 ) -> list[PodReport]:
@@ -311,7 +369,7 @@ def reconcile(
         if needs_message(state, history):
             state = replace(state, message=kube.termination_message(model.namespace, state.name))
         jobs.append(state)
-    history, harvested = harvest(history, spec, jobs, now)
+    history, harvested = harvest(history, spec, jobs, now, settings.export_retry_base_seconds)
     events += harvested
 
     pvc = builders.build_pvc(model, spec, settings)
@@ -319,7 +377,7 @@ def reconcile(
         _apply_child(kube, pvc, events, repairable=False)
 
     deployment = kube.get("apps/v1", "Deployment", model.namespace, child_name(model))
-    decision = decide(model, spec, settings, history, jobs, deployed=deployment is not None)
+    decision = decide(model, spec, settings, history, jobs, deployed=deployment is not None, now=now)
     events += decision.events
     for name in decision.delete_jobs:
         kube.delete("batch/v1", "Job", model.namespace, name)
@@ -329,8 +387,22 @@ def reconcile(
 
     reports: list[PodReport] = []
     if decision.deploy:
-        deployment = _apply_child(kube, builders.build_deployment(model, spec, settings), events)
+        manifest = builders.build_deployment(model, spec, settings, largest_size(history.versions))
+        deployment = _apply_child(kube, manifest, events)
         _apply_child(kube, builders.build_service(model, spec), events)
+        for kind, api_version, built, why in (
+            ("PodDisruptionBudget", "policy/v1", builders.build_pdb(model, spec), "at most one replica"),
+            (
+                "NetworkPolicy",
+                "networking.k8s.io/v1",
+                builders.build_network_policy(model, spec, settings),
+                "networkPolicy is off",
+            ),
+        ):
+            if built is not None:
+                _apply_child(kube, built, events)
+            else:
+                _remove_child(kube, model, api_version, kind, why, events)
         hpa = builders.build_hpa(model, spec)
         if hpa is not None:
             _apply_child(kube, hpa, events)

@@ -21,6 +21,19 @@ class SecretKeyRef(_SpecModel):
     key: str
 
 
+class LocalObjectReference(_SpecModel):
+    """A named object in the RerankModel's namespace (an image pull Secret)."""
+
+    name: str
+
+
+class ConfigMapKeyRef(_SpecModel):
+    """A key in a ConfigMap of the RerankModel's namespace."""
+
+    name: str
+    key: str = "ca.crt"
+
+
 class HuggingFaceSource(_SpecModel):
     """A Hugging Face Hub repository."""
 
@@ -45,6 +58,13 @@ class ExportSpec(_SpecModel):
     resources: dict[str, Any] | None = None
     timeout_seconds: int = Field(default=3600, alias="timeoutSeconds")
     backoff_limit: int = Field(default=2, alias="backoffLimit")
+    env: list[dict[str, Any]] = Field(default_factory=list)
+    ca_bundle: ConfigMapKeyRef | None = Field(default=None, alias="caBundle")
+    cache_size: str | None = Field(default=None, alias="cacheSize")
+    node_selector: dict[str, str] | None = Field(default=None, alias="nodeSelector")
+    tolerations: list[dict[str, Any]] | None = None
+    service_account_name: str | None = Field(default=None, alias="serviceAccountName")
+    image_pull_secrets: list[LocalObjectReference] | None = Field(default=None, alias="imagePullSecrets")
 
 
 class VersionPolicy(_SpecModel):
@@ -79,6 +99,9 @@ class RuntimeSpec(_SpecModel):
     node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     placement: Literal["Colocated", "Spread"] | None = None
+    service_account_name: str | None = Field(default=None, alias="serviceAccountName")
+    image_pull_secrets: list[LocalObjectReference] | None = Field(default=None, alias="imagePullSecrets")
+    shutdown_delay_seconds: int | None = Field(default=None, alias="shutdownDelaySeconds")
 
 
 class AutoscalingSpec(_SpecModel):
@@ -96,6 +119,13 @@ class ServiceSpec(_SpecModel):
     port: int = 8000
 
 
+class NetworkPolicySpec(_SpecModel):
+    """Ingress NetworkPolicy of the runtime pods."""
+
+    enabled: bool | None = None
+    from_: list[dict[str, Any]] = Field(default_factory=list, alias="from")
+
+
 class RerankModelSpec(_SpecModel):
     """spec of a RerankModel."""
 
@@ -107,6 +137,7 @@ class RerankModelSpec(_SpecModel):
     runtime: RuntimeSpec = Field(default_factory=lambda: RuntimeSpec())
     autoscaling: AutoscalingSpec | None = None
     service: ServiceSpec = Field(default_factory=ServiceSpec)
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec, alias="networkPolicy")
 
     @property
     def model_name(self) -> str:
@@ -133,6 +164,8 @@ class ModelIdentity:
     namespace: str
     uid: str
     generation: int
+    # Digest of the serving.rerank.dev/retry-export annotation: a new value retries a failed export.
+    retry_token: str | None = None
 
     def owner_reference(self) -> dict[str, Any]:
         """ownerReference making the RerankModel the controller of a child (garbage-collected with it)."""

@@ -40,6 +40,7 @@ class ExportResult:
     version: int
     reused: bool
     export_hash: str
+    size_bytes: int | None = None
 
 
 def parse_export_result(message: str | None) -> ExportResult | None:
@@ -59,6 +60,7 @@ def parse_export_result(message: str | None) -> ExportResult | None:
                 version=data["version"],
                 reused=bool(data.get("reused")),
                 export_hash=str(data.get("export_hash", "")),
+                size_bytes=data["size_bytes"] if isinstance(data.get("size_bytes"), int) else None,
             )
     return None
 
@@ -109,6 +111,8 @@ def record_version(
         "reused": result.reused,
         "exportedAt": now,
     }
+    if result.size_bytes is not None:
+        entry["sizeBytes"] = result.size_bytes
     if hub is not None and hub.revision:
         entry["revision"] = hub.revision
     if spec.export.max_length is not None:
@@ -121,6 +125,12 @@ def retained(versions: list[dict[str, Any]], keep: int, protected: set[int]) -> 
     """Mirror of the repository's retention: the newest `keep` versions plus protected ones (current, pin)."""
     newest = {int(r["version"]) for r in sorted(versions, key=lambda r: -int(r["version"]))[:keep]}
     return [r for r in versions if int(r["version"]) in newest | protected]
+
+
+def largest_size(versions: list[dict[str, Any]]) -> int | None:
+    """Size in bytes of the largest recorded version (what a hot swap may load beside another)."""
+    sizes = [int(r["sizeBytes"]) for r in versions if isinstance(r.get("sizeBytes"), int)]
+    return max(sizes) if sizes else None
 
 
 def desired_version(spec: RerankModelSpec, versions: list[dict[str, Any]], fingerprint: str) -> int | None:

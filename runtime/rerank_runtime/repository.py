@@ -27,7 +27,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -310,14 +310,15 @@ class ModelRepository:
         with self._lock(name), contextlib.suppress(FileNotFoundError):
             (self._model_dir(name) / CURRENT_FILE).unlink()
 
-    def prune(self, name: str, keep: int) -> list[int]:
-        """Delete versions beyond the newest ``keep``, never the current one; returns the deleted numbers."""
+    def prune(self, name: str, keep: int, protect: Iterable[int] = ()) -> list[int]:
+        """Delete versions beyond the newest ``keep``, never the current one nor a ``protect``ed one (a pin
+        whose promotion has not happened yet); returns the deleted numbers."""
         if keep < 1:
             raise RepositoryError(f"keep must be at least 1, got {keep}")
         with self._lock(name):
             versions = self.versions(name)
             pinned = self.current_pointer(name)
-            retained = {v.number for v in versions[-keep:]}
+            retained = {v.number for v in versions[-keep:]} | set(protect)
             if pinned is not None:
                 retained.add(pinned)
             deleted: list[int] = []

@@ -44,7 +44,7 @@ def test_deployment_serves_the_model_read_only_with_probes(
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["command"] + container["args"] == [
         "rerank-serve", "--repository", "/models", "--model", "BAAI/bge-reranker-base",
-        "--host", "0.0.0.0", "--port", "8000", "--precision", "f32",
+        "--host", "0.0.0.0", "--port", "8000", "--precision", "f32", "--shutdown-delay", "10",
     ]  # fmt: skip
     models_mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/models")
     assert models_mount["readOnly"] is True

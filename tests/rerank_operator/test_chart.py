@@ -100,7 +100,15 @@ def test_every_value_is_documented() -> None:
             continue
         indent = len(match.group(1))
         ancestors = [a for a in ancestors if a[0] < indent]
-        previous = lines[index - 1].strip() if index else ""
+        # The comment block right above the key (helm-docs: `# -- text` plus continuation lines).
+        above = index - 1
+        while (
+            above >= 0
+            and lines[above].strip().startswith("#")
+            and not lines[above].strip().startswith("# --")
+        ):
+            above -= 1
+        previous = lines[above].strip() if above >= 0 else ""
         documented = previous.startswith("# --") or any(doc for _, doc in ancestors)
         following = lines[index + 1] if index + 1 < len(lines) else ""
         is_group = not match.group(3).strip() and len(following) - len(following.lstrip()) > indent
@@ -108,3 +116,91 @@ def test_every_value_is_documented() -> None:
             undocumented.append(line.strip())
         ancestors.append((indent, documented))
     assert undocumented == []
+
+
+def _env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    container = _kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+def test_openshift_leaves_ids_to_the_platform(helm: str) -> None:
+    default = _template(helm)
+    pod = _kind(default, "Deployment")[0]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert _env(default)["RERANK_OPERATOR_RUN_AS_USER"] == "65532"
+
+    openshift = _template(helm, "--set", "openshift=true")
+    pod = _kind(openshift, "Deployment")[0]["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert _env(openshift)["RERANK_OPERATOR_RUN_AS_USER"] == ""  # and so for every pod the operator creates
+    unset = _template(helm, "--set", "operator.runAsUser=null")
+    assert _env(unset)["RERANK_OPERATOR_RUN_AS_USER"] == ""
+
+
+def test_workload_defaults_reach_the_operator(helm: str) -> None:
+    env = _env(
+        _template(
+            helm,
+            "--set",
+            "operator.imagePullSecrets={registry-a,registry-b}",
+            "--set",
+            "operator.runtimeServiceAccount=serve",
+            "--set",
+            "operator.exportServiceAccount=exporter",
+            "--set",
+            "operator.exportCacheSize=40Gi",
+            "--set",
+            "operator.runtimeShutdownDelay=15",
+        )
+    )
+    assert env["RERANK_OPERATOR_IMAGE_PULL_SECRETS"] == "registry-a,registry-b"
+    assert env["RERANK_OPERATOR_RUNTIME_SERVICE_ACCOUNT"] == "serve"
+    assert env["RERANK_OPERATOR_EXPORT_SERVICE_ACCOUNT"] == "exporter"
+    assert env["RERANK_OPERATOR_EXPORT_CACHE_SIZE"] == "40Gi"
+    assert env["RERANK_OPERATOR_RUNTIME_SHUTDOWN_DELAY"] == "15"
+    bad = subprocess.run(
+        [helm, "template", "r", str(CHART), "--set", "operator.exportCacheSize=lots"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "exportCacheSize" in bad.stderr
+
+
+def test_network_policies_are_off_by_default(helm: str) -> None:
+    docs = _template(helm)
+    assert not _kind(docs, "NetworkPolicy")
+    assert _env(docs)["RERANK_OPERATOR_NETWORK_POLICY"] == "false"
+
+
+def test_operator_network_policy_allows_exactly_its_traffic(helm: str) -> None:
+    docs = _template(helm, "--set", "networkPolicy.enabled=true", "--set", "networkPolicy.models=true")
+    (policy,) = _kind(docs, "NetworkPolicy")
+    pod_labels = _kind(docs, "Deployment")[0]["spec"]["template"]["metadata"]["labels"]
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == pod_labels
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]  # liveness only
+    dns, api, runtime = spec["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53} and "to" not in dns
+    assert [p["port"] for p in api["ports"]] == [443, 6443]
+    assert runtime["ports"] == [{"protocol": "TCP", "port": 8000}]
+    assert runtime["to"][0]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "rerank-model",
+        "app.kubernetes.io/component": "runtime",
+    }
+    env = _env(docs)
+    assert env["RERANK_OPERATOR_NETWORK_POLICY"] == "true"
+    assert env["RERANK_OPERATOR_OPERATOR_NAMESPACE"] == "ops"
+    # The per-model policies admit the operator by exactly the labels its pods carry.
+    named = dict(pair.split("=", 1) for pair in env["RERANK_OPERATOR_OPERATOR_POD_LABELS"].split(","))
+    assert named == pod_labels
+
+
+def test_crd_is_a_kept_template_equal_to_the_source(helm: str) -> None:
+    docs = _template(helm)
+    (crd,) = _kind(docs, "CustomResourceDefinition")
+    source = yaml.safe_load((CHART.parents[1] / "crds" / "rerankmodel.yaml").read_text())
+    assert crd == source
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert not (CHART / "crds").exists(), "Helm would install crds/ once and never upgrade it"
+    assert not _kind(_template(helm, "--set", "crds.install=false"), "CustomResourceDefinition")

@@ -13,7 +13,7 @@ from rerank_operator.spec import RerankModelSpec
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "crds" / "rerankmodel.yaml"
-CHART_CRD_PATH = REPO / "charts" / "rerank-operator" / "crds" / "rerankmodel.yaml"
+CHART_CRD_PATH = REPO / "charts" / "rerank-operator" / "files" / "rerankmodel.yaml"
 
 
 @pytest.fixture(scope="module")

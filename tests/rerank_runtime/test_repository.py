@@ -153,6 +153,16 @@ def test_prune_keeps_newest_and_never_the_current(tmp_path: Path) -> None:
     assert publish_one(repo, "z" * 64) == 6
 
 
+def test_prune_never_deletes_a_protected_version(tmp_path: Path) -> None:
+    """A pinned version whose promotion has not happened yet survives an export's retention."""
+    repo = ModelRepository(tmp_path)
+    for i in range(4):
+        publish_one(repo, str(i) * 64)
+    repo.promote(NAME, 4)
+    assert repo.prune(NAME, keep=1, protect=[2]) == [1, 3]
+    assert [v.number for v in repo.versions(NAME)] == [2, 4]
+
+
 def test_verify_detects_modified_missing_and_extra_files(tmp_path: Path) -> None:
     repo = ModelRepository(tmp_path)
     publish_one(repo, "a" * 64)

@@ -74,6 +74,17 @@ NODE_CONTROLLERS = (
 )
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+# Audit only what ServiceAccounts do (the operator under test runs as one; controllers and tests use the admin
+# certificate), at Metadata level: verb, resource, subresource, namespace and response code of every request.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+"""
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 _PR_SET_PDEATHSIG = 1
 
@@ -334,6 +345,11 @@ class ControlPlane:
         return self.state_dir / STATE_FILE_NAME
 
     @property
+    def audit_log(self) -> Path:
+        """The API server's audit log (JSON lines) of every request made by a ServiceAccount."""
+        return self.state_dir / "logs" / "audit.log"
+
+    @property
     def ca_cert(self) -> Path:
         """CA that signed the API server's serving certificate."""
         return self.state_dir / "pki" / "ca.crt"
@@ -439,6 +455,8 @@ class ControlPlane:
             if self.node_ip
             else ["--endpoint-reconciler-type=none"]
         )
+        audit_policy = self.state_dir / "audit-policy.yaml"
+        audit_policy.write_text(AUDIT_POLICY)
         self._spawn(
             "kube-apiserver",
             [
@@ -457,6 +475,11 @@ class ControlPlane:
                 f"--service-account-key-file={certs.sa_pub}",
                 f"--service-account-signing-key-file={certs.sa_key}",
                 *node_args,
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",  # written before the response: a test reads it right after
+                "--audit-log-maxsize=200",
                 "--profiling=false",
                 "--v=1",
             ],

@@ -48,6 +48,7 @@ class FakeHub:
         self._repos: dict[str, _Repo] = {}
         self._lock = threading.Lock()
         self.required_token: str | None = None
+        self.unavailable_status: int | None = None
         self._stall_downloads = threading.Event()
         self._release = threading.Event()
         self.requests: list[tuple[str, str]] = []
@@ -95,6 +96,15 @@ class FakeHub:
         finally:
             self._stall_downloads.clear()
             self._release.set()
+
+    @contextlib.contextmanager
+    def unavailable(self, status: int = 503) -> Iterator[None]:
+        """Within the block every request is answered with ``status`` (an overloaded hub or proxy)."""
+        self.unavailable_status = status
+        try:
+            yield
+        finally:
+            self.unavailable_status = None
 
     def close(self) -> None:
         """Stop the server (releases stalled requests)."""
@@ -161,6 +171,9 @@ class FakeHub:
             def do_GET(self) -> None:
                 path = unquote(urlsplit(self.path).path)
                 hub.requests.append((self.command, path))
+                if hub.unavailable_status is not None:
+                    self._error(hub.unavailable_status, None, "Service Unavailable")
+                    return
                 if not self._authorised():
                     return
                 if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/.*)?", path):

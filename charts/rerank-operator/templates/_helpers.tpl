@@ -44,3 +44,13 @@ app.kubernetes.io/instance: {{ .Release.Name | trunc 63 | trimSuffix "-" }}
 {{- define "rerank-operator.discoveryName" -}}
 {{- printf "%s-discovery" (include "rerank-operator.fullname" . | trunc 53 | trimSuffix "-") }}
 {{- end }}
+
+{{/* Selector labels of the operator pod as k=v,k=v (how the operator names its own pods to NetworkPolicies). */}}
+{{- define "rerank-operator.selectorLabelList" -}}
+{{- $labels := include "rerank-operator.selectorLabels" . | fromYaml }}
+{{- $pairs := list }}
+{{- range $key := keys $labels | sortAlpha }}
+{{- $pairs = append $pairs (printf "%s=%s" $key (get $labels $key)) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}

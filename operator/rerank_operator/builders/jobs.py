@@ -9,16 +9,20 @@ from rerank_operator.builders.pod import (
     claim_volume,
     container_security_context,
     empty_dir,
+    merged_env,
     owned_metadata,
     placement_fields,
+    pod_identity,
     pod_security_context,
     resources,
 )
 from rerank_operator.naming import (
+    ATTEMPT_LABEL,
     CLAIM_LABEL,
     FINGERPRINT_LABEL,
     GENERATION_LABEL,
     PROMOTES_LABEL,
+    RETRY_TOKEN_LABEL,
     TARGET_VERSION_LABEL,
     claim_name,
     common_labels,
@@ -30,7 +34,30 @@ from rerank_operator.spec import ModelIdentity, RerankModelSpec
 
 TERMINATION_LOG = "/dev/termination-log"
 CACHE_MOUNT = "/cache"
+CA_MOUNT = "/etc/rerank/ca"
 PROMOTE_DEADLINE_SECONDS = 600
+CONTAINER_NAME = "rerank-repo"
+# rerank-repo's exit codes for failures that a retry cannot fix (bad arguments, 401/403/404, unsupported
+# model): the Job fails at once instead of spending its backoffLimit. Transient failures exit 75.
+PERMANENT_EXIT_CODES = [1, 2]
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """Evictions, preemption and node loss (DisruptionTarget) do not count against backoffLimit; permanent
+    exporter failures fail the Job without retries."""
+    return {
+        "rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": CONTAINER_NAME,
+                    "operator": "In",
+                    "values": PERMANENT_EXIT_CODES,
+                },
+            },
+        ]
+    }
 
 
 def export_command(spec: RerankModelSpec, *, promote: bool) -> list[str]:
@@ -57,6 +84,9 @@ def export_command(spec: RerankModelSpec, *, promote: bool) -> list[str]:
     if promote:
         args.append("--promote")
     args += ["--keep", str(spec.version_policy.keep)]
+    if spec.version_policy.pin is not None:
+        # Retention must not delete the pinned version before its promote Job has made it current.
+        args += ["--protect", str(spec.version_policy.pin)]
     return args
 
 
@@ -74,28 +104,54 @@ def _job(
 ) -> dict[str, Any]:
     claim = claim_name(model, spec)
     pod_labels = {**labels, CLAIM_LABEL: claim}
+    cache_size = spec.export.cache_size or settings.export_cache_size
+    container_resources = resources(
+        spec.export.resources,
+        settings.export_cpu_request,
+        settings.export_memory_request,
+        settings.export_memory_limit,
+    )
+    # The download cache is node-local disk: ask the scheduler for it and let the kubelet bound it.
+    container_resources.setdefault("requests", {}).setdefault("ephemeral-storage", cache_size)
+    mounts: list[dict[str, Any]] = [
+        {"name": "models", "mountPath": MODELS_MOUNT},
+        {"name": "cache", "mountPath": CACHE_MOUNT},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        claim_volume(claim, read_only=False),
+        empty_dir("cache", cache_size),
+        empty_dir("tmp"),
+    ]
+    bundle = spec.export.ca_bundle
+    if bundle is not None:
+        mounts.append({"name": "ca-bundle", "mountPath": CA_MOUNT, "readOnly": True})
+        volumes.append(
+            {
+                "name": "ca-bundle",
+                "configMap": {"name": bundle.name, "items": [{"key": bundle.key, "path": "ca.crt"}]},
+            }
+        )
+        ca_file = f"{CA_MOUNT}/ca.crt"
+        env = [
+            *env,
+            {"name": "SSL_CERT_FILE", "value": ca_file},
+            {"name": "REQUESTS_CA_BUNDLE", "value": ca_file},
+            {"name": "CURL_CA_BUNDLE", "value": ca_file},
+        ]
     container = {
-        "name": "rerank-repo",
+        "name": CONTAINER_NAME,
         "image": spec.export.image or settings.export_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": command[:1],
         "args": command[1:],
-        "env": env,
-        "resources": resources(
-            spec.export.resources,
-            settings.export_cpu_request,
-            settings.export_memory_request,
-            settings.export_memory_limit,
-        ),
+        "env": merged_env(env, spec.export.env),
+        "resources": container_resources,
         "securityContext": container_security_context(),
         "terminationMessagePath": TERMINATION_LOG,
         # The exporter writes its JSON result or its `error: ...` line there; logs are the fallback.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [
-            {"name": "models", "mountPath": MODELS_MOUNT},
-            {"name": "cache", "mountPath": CACHE_MOUNT},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
+        "volumeMounts": mounts,
     }
     return {
         "apiVersion": "batch/v1",
@@ -105,18 +161,21 @@ def _job(
             "backoffLimit": backoff_limit,
             "activeDeadlineSeconds": deadline_seconds,
             "ttlSecondsAfterFinished": settings.job_ttl_seconds,
+            "podFailurePolicy": pod_failure_policy(),
             "template": {
                 "metadata": {"labels": pod_labels},
                 "spec": {
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
                     "securityContext": pod_security_context(settings),
+                    **pod_identity(
+                        settings,
+                        service_account=spec.export.service_account_name,
+                        pull_secrets=spec.export.image_pull_secrets,
+                        default_service_account=settings.export_service_account,
+                    ),
                     "containers": [container],
-                    "volumes": [
-                        claim_volume(claim, read_only=False),
-                        empty_dir("cache"),
-                        empty_dir("tmp"),
-                    ],
+                    "volumes": volumes,
                     **placement_fields(model, spec, claim, runtime=False),
                 },
             },
@@ -131,8 +190,9 @@ def build_export_job(
     fingerprint: str,
     *,
     promote: bool,
+    attempt: int = 1,
 ) -> dict[str, Any]:
-    """Export Job for the spec's current export settings (named by fingerprint and generation).
+    """Export Job for the spec's current export settings (named by fingerprint, generation and attempt).
 
     The Hugging Face token reaches the container only through a secretKeyRef, never as a literal value.
     """
@@ -141,7 +201,10 @@ def build_export_job(
         FINGERPRINT_LABEL: fingerprint,
         GENERATION_LABEL: str(model.generation),
         PROMOTES_LABEL: "true" if promote else "false",
+        ATTEMPT_LABEL: str(attempt),
     }
+    if model.retry_token is not None:
+        labels[RETRY_TOKEN_LABEL] = model.retry_token
     env: list[dict[str, Any]] = [
         {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
@@ -161,7 +224,7 @@ def build_export_job(
         model=model,
         spec=spec,
         settings=settings,
-        name=export_job_name(model, fingerprint),
+        name=export_job_name(model, fingerprint, attempt),
         labels=labels,
         command=export_command(spec, promote=promote),
         env=env,

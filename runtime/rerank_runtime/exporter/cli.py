@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from rerank_runtime.exporter.errors import ExportError
+from rerank_runtime.exporter.errors import EXIT_PERMANENT, EXIT_TRANSIENT, ExportError
 from rerank_runtime.repository import WEIGHT_FORMATS, ModelRepository, ModelVersion, RepositoryError
 
 TERMINATION_LOG = Path("/dev/termination-log")
@@ -52,15 +52,16 @@ def _write_termination_log(text: str) -> None:
         path.write_text(text + "\n", encoding="utf-8")
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, *, transient: bool = False) -> NoReturn:
     line = "error: " + " ".join(message.split())
+    code = EXIT_TRANSIENT if transient else EXIT_PERMANENT
     print(line, file=sys.stderr, flush=True)
     _write_termination_log(line)
     if threading.active_count() > 1:
         # A download thread stuck on a dead connection would keep the interpreter from exiting.
         sys.stdout.flush()
-        os._exit(1)
-    raise SystemExit(1)
+        os._exit(code)
+    raise SystemExit(code)
 
 
 def _succeed(human: str, summary: dict[str, Any]) -> None:
@@ -128,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--promote", action="store_true", help="point 'current' at the exported version")
     export.add_argument("--keep", type=_positive_int, help="afterwards keep only the newest K versions")
+    export.add_argument(
+        "--protect",
+        type=_positive_int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="never prune version N (repeatable), e.g. a pinned version not yet promoted",
+    )
     export.add_argument("--token-file", type=Path, help="file holding the Hugging Face token (else HF_TOKEN)")
     export.add_argument("--timeout", type=float, default=60.0, help="hub request/download stall timeout (s)")
 
@@ -142,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune = commands.add_parser("prune", help="delete all but the newest K versions (never the current one)")
     common(prune, name_required=False)
     prune.add_argument("--keep", required=True, type=_positive_int)
+    prune.add_argument("--protect", type=_positive_int, action="append", default=[], metavar="N")
 
     verify = commands.add_parser("verify", help="check version files against their manifest checksums")
     common(verify, name_required=False)
@@ -189,6 +199,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
         max_length=args.max_length,
         promote=args.promote,
         keep=args.keep,
+        protect=tuple(args.protect),
         token=_read_token(args.token_file),
         timeout=args.timeout,
     )
@@ -249,7 +260,7 @@ def _cmd_prune(args: argparse.Namespace) -> None:
     repo = ModelRepository(args.repository)
     summary: dict[str, list[int]] = {}
     for name in _names(repo, args.name):
-        summary[name] = repo.prune(name, args.keep)
+        summary[name] = repo.prune(name, args.keep, args.protect)
     deleted = sum(len(v) for v in summary.values())
     _succeed(f"pruned {deleted} version(s), kept the newest {args.keep} and any current", {"pruned": summary})
 
@@ -302,8 +313,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         _COMMANDS[args.command](args)
     except SignalInterruptError as exc:
-        _fail(f"{args.command} interrupted by {exc}; nothing was published (staging removed)")
-    except (ExportError, RepositoryError) as exc:
+        # Eviction, node drain, Job deletion: nothing is wrong with the export itself.
+        _fail(f"{args.command} interrupted by {exc}; nothing was published (staging removed)", transient=True)
+    except ExportError as exc:
+        _fail(str(exc), transient=exc.transient)
+    except RepositoryError as exc:
         _fail(str(exc))
     except MemoryError:
         _fail(f"{args.command} ran out of memory; give the export more memory")

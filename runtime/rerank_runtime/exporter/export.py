@@ -64,6 +64,7 @@ class ExportSpec:
     max_length: int | None = None
     promote: bool = False
     keep: int | None = None
+    protect: tuple[int, ...] = ()
     token: str | None = None
     timeout: float = 60.0
 
@@ -84,6 +85,7 @@ class ExportResult:
             "version": self.version.number,
             "reused": self.reused,
             "export_hash": self.version.manifest.export_hash,
+            "size_bytes": self.version.size_bytes(),
         }
 
 
@@ -114,7 +116,7 @@ def _finish(repo: ModelRepository, spec: ExportSpec, version: ModelVersion) -> l
     if spec.promote:
         repo.promote(spec.name, version.number)
     if spec.keep is not None:
-        return repo.prune(spec.name, spec.keep)
+        return repo.prune(spec.name, spec.keep, spec.protect)
     return []
 
 

@@ -114,18 +114,29 @@ def _hub_error(repo_id: str, revision: str | None, exc: Exception) -> ExportErro
             )
         if status == 403:
             return ExportError(f"access to Hugging Face repo {repo_id!r} is forbidden (403) for this token")
-        return ExportError(f"the Hugging Face Hub answered HTTP {status} for repo {repo_id!r}")
-    if isinstance(exc, errors.OfflineModeIsEnabled | errors.LocalEntryNotFoundError):
+        # 429 and 5xx are the hub's (or a proxy's) momentary state: worth another try later.
+        transient = status == 408 or status == 429 or status >= 500
+        return ExportError(
+            f"the Hugging Face Hub answered HTTP {status} for repo {repo_id!r}", transient=transient
+        )
+    if isinstance(exc, errors.OfflineModeIsEnabled):
+        return ExportError(f"cannot download {repo_id!r}: {str(exc).strip().splitlines()[0]}")
+    if isinstance(exc, errors.LocalEntryNotFoundError):
+        # Raised when the hub could not be reached for a file (connection error, timeout).
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, httpx.TimeoutException):
-            return ExportError(f"download from the Hugging Face Hub timed out for repo {repo_id!r}")
-        return ExportError(f"cannot download {repo_id!r}: {str(exc).strip().splitlines()[0]}")
+            return ExportError(
+                f"download from the Hugging Face Hub timed out for repo {repo_id!r}", transient=True
+            )
+        return ExportError(f"cannot download {repo_id!r}: {str(exc).strip().splitlines()[0]}", transient=True)
     if isinstance(exc, httpx.TimeoutException):
-        return ExportError(f"download from the Hugging Face Hub timed out for repo {repo_id!r}")
+        return ExportError(
+            f"download from the Hugging Face Hub timed out for repo {repo_id!r}", transient=True
+        )
     if isinstance(exc, httpx.HTTPError):
-        return ExportError(f"cannot reach the Hugging Face Hub for repo {repo_id!r}: {exc}")
+        return ExportError(f"cannot reach the Hugging Face Hub for repo {repo_id!r}: {exc}", transient=True)
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ExportError(f"cannot download {repo_id!r}: {first}")
+    return ExportError(f"cannot download {repo_id!r}: {first}", transient=True)
 
 
 def resolve_hub(repo_id: str, revision: str | None, token: str | None, timeout: float) -> ResolvedSource:
@@ -191,7 +202,8 @@ def _with_stall_guard(
         elif now - last_change > timeout:
             # The thread is stuck in a socket read; it is a daemon and dies with the process.
             raise ExportError(
-                f"download from the Hugging Face Hub stalled for repo {repo_id!r}: no data for {timeout:g} s"
+                f"download from the Hugging Face Hub stalled for repo {repo_id!r}: no data for {timeout:g} s",
+                transient=True,
             )
     if "error" in outcome:
         raise outcome["error"]

@@ -78,6 +78,36 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("size-quantity", {**VALID, "storage": {"size": "ten gigs"}}, "storage.size must be a quantity"),
     (
+        "replicas-on-read-write-once",
+        {**VALID, "runtime": {"replicas": 2}},
+        "more than one runtime replica with storage.accessMode ReadWriteOnce puts every replica",
+    ),
+    (
+        "autoscaling-on-read-write-once",
+        {**VALID, "autoscaling": {"maxReplicas": 4}},
+        "use storage.accessMode ReadWriteMany, or set runtime.placement Colocated",
+    ),
+    (
+        "export-duplicate-env",
+        {**VALID, "export": {"env": [{"name": "HTTPS_PROXY", "value": "a"}, {"name": "HTTPS_PROXY"}]}},
+        "export.env must not list the same variable name twice",
+    ),
+    (
+        "cache-size-quantity",
+        {**VALID, "export": {"cacheSize": "lots"}},
+        "export.cacheSize must be a quantity",
+    ),
+    (
+        "service-account-name",
+        {**VALID, "runtime": {"serviceAccountName": "Not_Valid"}},
+        "runtime.serviceAccountName must be a valid ServiceAccount name",
+    ),
+    (
+        "shutdown-delay-bound",
+        {**VALID, "runtime": {"shutdownDelaySeconds": 900}},
+        "less than or equal to 300",
+    ),
+    (
         "duplicate-env",
         {**VALID, "runtime": {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}},
         "runtime.env must not list the same variable name twice",
@@ -178,8 +208,20 @@ def test_valid_spec_gets_the_documented_defaults(kube_rest: KubeRest, admission_
 def test_scale_subresource_and_printer_columns(
     kube_rest: KubeRest, admission_namespace: str, kubectl: Kubectl
 ) -> None:
-    kube_rest.request("POST", _collection(admission_namespace), _body("scaled", VALID))
+    shared = {**VALID, "storage": {"accessMode": "ReadWriteMany"}}
+    kube_rest.request("POST", _collection(admission_namespace), _body("scaled", shared))
     kubectl("scale", "rrm/scaled", "--replicas=3", "-n", admission_namespace)
     assert kube_rest.get(f"{_collection(admission_namespace)}/scaled")["spec"]["runtime"]["replicas"] == 3
+    # One ReadWriteOnce volume cannot back replicas on several nodes: scaling is refused, with the reason.
+    kube_rest.request("POST", _collection(admission_namespace), _body("single", VALID))
+    with pytest.raises(KubeApiError) as refused:
+        kube_rest.request(
+            "PATCH",
+            f"{_collection(admission_namespace)}/single/scale",
+            {"spec": {"replicas": 3}},
+            content_type="application/merge-patch+json",
+        )
+    assert "storage.accessMode ReadWriteOnce" in refused.value.message
+    assert kube_rest.get(f"{_collection(admission_namespace)}/single")["spec"]["runtime"]["replicas"] == 1
     header = kubectl("get", "rrm", "scaled", "-n", admission_namespace).splitlines()[0].split()
     assert header == ["NAME", "PHASE", "SERVING", "LATEST", "READY", "AGE"]

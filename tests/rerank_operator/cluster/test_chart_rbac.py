@@ -70,6 +70,7 @@ def test_operator_service_account_can_reconcile(
                 "pin": 1
             },  # pinned: the Deployment, Service and a promote Job are applied at once
             "autoscaling": {"maxReplicas": 2},
+            "storage": {"accessMode": "ReadWriteMany"},
         },
     }
     created = kube_rest.request("POST", f"{API}/namespaces/{namespace}/rerankmodels", body)

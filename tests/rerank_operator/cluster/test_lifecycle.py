@@ -13,13 +13,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.rerank_operator.cluster.rbac_audit import (
+    OperatorIdentity,
+    audited_requests,
+    format_permissions,
+    install_operator_identity,
+    justified_unused,
+    remove_cluster_objects,
+    used_permissions,
+)
 from tests.support.cluster_fixtures import OperatorProcess, RunOperator
-from tests.support.controlplane import free_loopback_port
+from tests.support.controlplane import ControlPlane, free_loopback_port
 from tests.support.fake_hub import FakeHub
 from tests.support.kubelet import KubeApiError, KubeRest, ProcessKubelet
 
@@ -105,6 +115,8 @@ class Cluster:
     namespace: str
     kubelet: ProcessKubelet
     start_operator: Callable[[], OperatorProcess]
+    identity: OperatorIdentity  # the chart's ServiceAccount and RBAC the operator runs with
+    audit_log: Path
 
     def path(self, kind: str, name: str = "") -> str:
         base = {
@@ -185,27 +197,40 @@ def job_complete(job: dict[str, Any]) -> bool:
 
 @pytest.fixture
 def cluster(
+    control_plane: ControlPlane,
     kube_rest: KubeRest,
     namespace: str,
     rerankmodel_crd: str,
     process_kubelet: ProcessKubelet,
     fake_hub: FakeHub,
     run_operator: RunOperator,
+    tmp_path: Path,
 ) -> Iterator[Cluster]:
-    """The CRD, a process kubelet whose pods reach the fake hub, and a way to start the operator."""
+    """The CRD, a process kubelet whose pods reach the fake hub, and a way to start the operator as the
+    chart's ServiceAccount with the chart's (namespaced) RBAC."""
     process_kubelet.extra_env["HF_ENDPOINT"] = fake_hub.endpoint
     process_kubelet.extra_env["HF_HUB_DISABLE_XET"] = "1"
+    identity = install_operator_identity(
+        kube_rest, namespace, control_plane.server, control_plane.ca_cert, tmp_path / "operator.kubeconfig"
+    )
 
     def start() -> OperatorProcess:
         liveness = f"http://127.0.0.1:{free_loopback_port()}/healthz"
-        env = {**OPERATOR_ENV, "RERANK_OPERATOR_LIVENESS_ENDPOINT": liveness}
+        env = {
+            **OPERATOR_ENV,
+            "RERANK_OPERATOR_LIVENESS_ENDPOINT": liveness,
+            "KUBECONFIG": str(identity.kubeconfig),
+        }
         operator = run_operator("--standalone", f"--namespace={namespace}", env=env)
         wait_for(
             "the operator's liveness endpoint", lambda: httpx.get(liveness, timeout=1).status_code == 200, 30
         )
         return operator
 
-    yield Cluster(kube_rest, namespace, process_kubelet, start)
+    try:
+        yield Cluster(kube_rest, namespace, process_kubelet, start, identity, control_plane.audit_log)
+    finally:
+        remove_cluster_objects(kube_rest, identity)
 
 
 def model_body(name: str, **spec: Any) -> dict[str, Any]:
@@ -371,6 +396,27 @@ def test_rerankmodel_lifecycle(cluster: Cluster) -> None:
     recorder.stop()
     restarted.stop()
     assert "Traceback" not in restarted.logs(), restarted.logs()[-3000:]
+    assert_rbac_is_exactly_what_was_used(cluster)
+
+
+def assert_rbac_is_exactly_what_was_used(cluster: Cluster) -> None:
+    """The API server's audit log of this whole lifecycle, run as the chart's ServiceAccount: every request
+    was allowed, and every granted permission was used or is justified in the chart."""
+    used, denied = used_permissions(audited_requests(cluster.audit_log, cluster.identity.username))
+    granted = cluster.identity.granted()
+    justified = justified_unused()
+    unused = granted - used
+    print(f"[rbac] used: {format_permissions(used)}")
+    print(f"[rbac] granted, unused, justified: {format_permissions(unused & set(justified))}")
+    assert used, "no audit events for the operator's ServiceAccount"
+    assert not denied, f"denied to the operator: {format_permissions(denied)}"
+    assert not used - granted, f"used but not granted: {format_permissions(used - granted)}"
+    assert not unused - set(justified), (
+        f"granted but never used: {format_permissions(unused - set(justified))}"
+    )
+    assert not set(justified) - granted, (
+        f"justified but not granted: {format_permissions(set(justified) - granted)}"
+    )
 
 
 def test_gated_model_needs_the_token_secret(cluster: Cluster, fake_hub: FakeHub) -> None:

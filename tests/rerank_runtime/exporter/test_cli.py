@@ -43,11 +43,13 @@ def test_hub_export_versions_promote_list_prune_verify(
         "version": 1,
         "reused": False,
         "export_hash": first.summary()["export_hash"],
+        "size_bytes": first.summary()["size_bytes"],
     }
     assert json.loads(first.termination_log) == first.summary()
     assert "exported" in first.stdout.splitlines()[0]
     repo = ModelRepository(root)
     (version,) = repo.versions(name)
+    assert first.summary()["size_bytes"] == version.size_bytes() > 0
     manifest = version.manifest
     assert manifest.revision == main_sha
     assert manifest.source == repo_id

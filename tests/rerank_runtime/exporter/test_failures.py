@@ -1,4 +1,5 @@
-"""Every export failure is one clear line, exit code 1, the termination log, and no visible version."""
+"""Every export failure is one clear line, the termination log, no visible version, and an exit code that says
+whether a retry can help: 1 for failures only a change fixes, 75 (EX_TEMPFAIL) for failures of the moment."""
 
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ from tests.support.fake_hub import FakeHub
 from tests.support.model_fixtures import HUB_EMBEDDING, HUB_XLMR
 
 
-def assert_failed_cleanly(result: CliResult, root: Path, expected: str) -> None:
-    """Exit 1, exactly one ``error:`` line containing ``expected``, mirrored to the termination log, nothing
-    published and no staging folder left behind."""
-    assert result.returncode == 1, result.stdout + result.stderr
+def assert_failed_cleanly(result: CliResult, root: Path, expected: str, exit_code: int = 1) -> None:
+    """Exit ``exit_code``, exactly one ``error:`` line containing ``expected``, mirrored to the termination
+    log, nothing published and no staging folder left behind."""
+    assert result.returncode == exit_code, result.stdout + result.stderr
     line = result.error_line()
     assert expected in line, line
     assert result.termination_log.strip() == line
@@ -224,5 +225,16 @@ def test_stalled_download_times_out(run_cli: RunCli, fake_hub: FakeHub, tmp_path
         result = run_cli(
             "export", "--source", HUB_XLMR, "--repository", str(root), "--timeout", "2", timeout=120
         )
-    assert_failed_cleanly(result, root, "stalled for repo 'test-org/xlmr-reranker': no data for 2 s")
+    assert_failed_cleanly(result, root, "stalled for repo 'test-org/xlmr-reranker': no data for 2 s", 75)
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_unavailable_hub_is_transient(
+    run_cli: RunCli, fake_hub: FakeHub, tmp_path: Path, status: int
+) -> None:
+    """An overloaded hub or proxy (5xx, 429) exits 75: the operator retries it later, unlike a 404."""
+    root = tmp_path / "models"
+    with fake_hub.unavailable(status):
+        result = run_cli("export", "--source", HUB_XLMR, "--repository", str(root), "--timeout", "5")
+    assert_failed_cleanly(result, root, f"the Hugging Face Hub answered HTTP {status}", 75)
