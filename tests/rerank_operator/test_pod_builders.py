@@ -213,7 +213,8 @@ def test_memory_default_fits_two_versions_during_a_swap(
     small = memory(90 * 1024**2)  # MiniLM int8: the operator's defaults already fit
     assert small == {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}
     large = memory(2 * GIB)  # bge-reranker-v2-m3 fp32: old + new loaded at once
-    assert memory_bytes(large["requests"]["memory"]) == 768 * 1024**2 + 2 * 2 * GIB
-    assert memory_bytes(large["limits"]["memory"]) == 768 * 1024**2 + 3 * 2 * GIB
+    assert large["requests"]["memory"] == "5120Mi"  # 768Mi + 2 x 2Gi, up to a 512Mi step
+    assert large["limits"]["memory"] == "7168Mi"  # 768Mi + 3 x 2Gi
+    assert memory(2 * GIB + 10 * 1024**2) == large  # a slightly different export rolls no pod
     given = {"requests": {"cpu": "2", "memory": "3Gi"}}
     assert memory(2 * GIB, resources=given) == given  # the user's resources are never changed

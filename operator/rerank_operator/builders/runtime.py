@@ -60,8 +60,13 @@ def memory_bytes(quantity: str | int | None) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _mebibytes(size: int) -> str:
-    return f"{-(-size // MIB)}Mi"
+# Sizes differ a little between exports; coarse steps keep the pod template (and the pods) unchanged
+# unless the model really grew.
+MEMORY_STEP = 512 * MIB
+
+
+def _rounded(size: int) -> str:
+    return f"{-(-size // MEMORY_STEP) * MEMORY_STEP // MIB}Mi"
 
 
 def runtime_resources(
@@ -70,7 +75,7 @@ def runtime_resources(
     """The spec's resources, else the operator's defaults raised to fit two loaded versions of the model.
 
     A hot swap compiles the new version beside the old one, so the memory default grows with the exported
-    size (from the version's files): request >= base + 2 x size, limit >= base + 3 x size.
+    size (from the version's files): request >= base + 2 x size, limit >= base + 3 x size, in 512Mi steps.
     """
     given = resources(
         spec.runtime.resources,
@@ -85,7 +90,7 @@ def runtime_resources(
         configured = memory_bytes(given[section]["memory"]) or 0
         needed = base + factor * model_bytes
         if needed > configured:
-            given[section]["memory"] = _mebibytes(needed)
+            given[section]["memory"] = _rounded(needed)
     return given
 
 
