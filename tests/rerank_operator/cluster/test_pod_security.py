@@ -96,8 +96,13 @@ def test_every_operator_pod_is_admitted(
         "spec": {
             "source": {"huggingFace": {"repo": "test-org/minilm-reranker", "tokenSecretRef": {"name": "hf"}}},
             "versionPolicy": {"pin": 1},  # the Deployment is applied at once, beside the export Job
-            "runtime": {"apiKeySecretRef": {"name": "api-key"}},
-            "export": {"caBundle": {"name": "corporate-ca"}},
+            "runtime": {"apiKeySecretRef": {"name": "api-key"}, "replicas": 2},
+            "storage": {"accessMode": "ReadWriteMany"},
+            "export": {
+                "caBundle": {"name": "corporate-ca"},
+                "env": [{"name": "HTTPS_PROXY", "value": "http://p:3128"}],
+            },
+            "networkPolicy": {"enabled": True},
         },
     }
     created = kube_rest.request("POST", f"{API}/namespaces/{namespace}/rerankmodels", body)
@@ -110,6 +115,15 @@ def test_every_operator_pod_is_admitted(
     kube.apply(builders.build_promote_job(model, spec, settings, 1))
 
     pods = _wait_for_pods(kube_rest, namespace, {"runtime", "export", "promote"})
+    # The policies beside them are accepted by the API server as built.
+    assert (
+        kube_rest.get(f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/psa")["spec"][
+            "maxUnavailable"
+        ]
+        == 1
+    )
+    policy = kube_rest.get(f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/psa")
+    assert policy["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8000}]
     for pod in pods:
         context = pod["spec"]["securityContext"]
         assert context["runAsNonRoot"] is True
@@ -149,5 +163,5 @@ def test_chart_operator_pod_is_admitted(
     context = pod["spec"]["securityContext"]
     assert context["runAsNonRoot"] is True
     assert ("runAsUser" in context) is not openshift
-    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e.get("value", "") for e in pod["spec"]["containers"][0]["env"]}  # "" is omitted
     assert env["RERANK_OPERATOR_RUN_AS_USER"] == ("" if openshift else "65532")
