@@ -22,7 +22,7 @@ import yaml
 from tests.support.kubelet import KubeApiError, KubeRest
 
 CHART = Path(__file__).resolve().parents[3] / "charts" / "rerank-operator"
-JUSTIFICATION = re.compile(r"#\s*unused-by-e2e:\s*(\S+)\s+(\S+)/(\S+?):\s*(.+)$")
+JUSTIFICATION = re.compile(r"#\s*unused-by-e2e:\s*(\S+)\s+([^/\s]+)/(\S+?):\s+(.+)$")
 
 Permission = tuple[str, str, str]  # (verb, API group, resource[/subresource])
 
