@@ -465,7 +465,7 @@ def test_gated_model_needs_the_token_secret(cluster: Cluster, fake_hub: FakeHub)
         cluster.patch_spec(
             name, {"source": {"huggingFace": {"repo": HUB_REPO, "tokenSecretRef": {"name": "hf-token"}}}}
         )
-        status = cluster.wait_serving(name, 1)
+        status = cluster.wait_serving(name, 1, timeout=EXPORT_TIMEOUT)  # includes the export
     export_jobs = cluster.jobs("export")
     assert len(export_jobs) == 2
     env = export_jobs[-1]["spec"]["template"]["spec"]["containers"][0]["env"]
