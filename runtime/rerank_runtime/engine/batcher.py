@@ -145,6 +145,11 @@ class Batcher:
         """Rows waiting for an infer request."""
         return self._queued
 
+    @property
+    def idle(self) -> bool:
+        """No row is queued and no batch is running."""
+        return self._queued == 0 and self._in_flight == 0
+
     def start(self) -> None:
         """Start the dispatcher on the running event loop."""
         self._loop = asyncio.get_running_loop()

@@ -86,6 +86,7 @@ class RerankService:
         tokenizer_threads: int = 2,
         max_inflight_requests: int = 512,
         metrics: RuntimeMetrics | None = None,
+        inline_tokenize_chars: int = 2000,
     ) -> None:
         self.repository = repository
         self.options = options
@@ -96,6 +97,7 @@ class RerankService:
             for name in self.names:
                 metrics.served_version.labels(name).set(0)
         self.max_inflight_requests = max_inflight_requests
+        self.inline_tokenize_chars = inline_tokenize_chars
         self.watcher = VersionWatcher(
             repository,
             self.models,
@@ -198,15 +200,18 @@ class RerankService:
                             request.deadline,
                             request.strict_deadline,
                         )
-                    loop = asyncio.get_running_loop()
-                    prepared = await loop.run_in_executor(
-                        self._executor,
-                        version.build_rows,
+                    arguments = (
                         request.query,
                         request.documents,
                         request.max_chunks_per_doc,
                         request.max_tokens_per_doc,
                     )
+                    if len(request.query) + sum(map(len, request.documents)) <= self.inline_tokenize_chars:
+                        # A few short texts: tokenizing costs about as little as handing them to a thread.
+                        prepared = version.build_rows(*arguments)
+                    else:
+                        loop = asyncio.get_running_loop()
+                        prepared = await loop.run_in_executor(self._executor, version.build_rows, *arguments)
                     logits = await version.score(prepared.rows, request.deadline, request.strict_deadline)
                 except (OverloadedError, DeadlineExceededError) as exc:
                     if self.metrics is not None:

@@ -25,8 +25,9 @@ _GROUP_TEXTS = 64
 class TextTokenizer:
     """Turns texts into token id arrays (without special tokens) with an openvino-tokenizers model."""
 
-    def __init__(self, core: ov.Core, xml_path: Path) -> None:
-        self._compiled = core.compile_model(core.read_model(xml_path), "CPU")
+    def __init__(self, core: ov.Core, xml_path: Path, cache_dir: Path | None = None) -> None:
+        config = {"CACHE_DIR": str(cache_dir)} if cache_dir is not None else {}
+        self._compiled = core.compile_model(str(xml_path), "CPU", config)
         self._local = threading.local()
 
     def _request(self) -> Any:

@@ -40,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
         poll_interval=settings.poll_interval,
         tokenizer_threads=settings.tokenizer_threads,
         max_inflight_requests=settings.max_inflight_requests,
+        inline_tokenize_chars=settings.inline_tokenize_chars,
         metrics=metrics,
     )
     keys = KeyStore(

@@ -39,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-batch-tokens", type=int, help="padded tokens per inference batch")
     parser.add_argument("--max-queue-rows", type=int)
     parser.add_argument("--num-streams", type=int, help="OpenVINO CPU streams (default: throughput hint)")
+    parser.add_argument("--cache-dir", type=Path, help="OpenVINO compiled-model cache folder (writable)")
+    parser.add_argument(
+        "--latency-max-tokens", type=int, help="padded tokens of the latency path (0 turns it off)"
+    )
     parser.add_argument("--shutdown-delay", type=float, help="seconds not-ready before draining on SIGTERM")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument(

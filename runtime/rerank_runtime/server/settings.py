@@ -41,6 +41,21 @@ class Settings(BaseSettings):
     max_chunks_per_doc: int | None = Field(default=None, ge=1, description="Default window cap per document")
     num_streams: int | None = Field(default=None, ge=1, description="OpenVINO CPU streams (default: hint)")
     tokenizer_threads: int = Field(default=2, ge=1)
+    cache_dir: Path | None = Field(
+        default=None,
+        description="OpenVINO compiled-model cache folder (writable; a restart imports instead of compiling)",
+    )
+    latency_max_tokens: int = Field(
+        default=2048,
+        ge=0,
+        description="Padded tokens up to which a request on an idle server runs on the latency-compiled "
+        "model (0: no latency model)",
+    )
+    inline_tokenize_chars: int = Field(
+        default=2000,
+        ge=0,
+        description="Requests of at most this many characters tokenize on the event loop (no thread hop)",
+    )
     shutdown_delay: float = Field(
         default=0.0, ge=0, description="Seconds to stay up not-ready after SIGTERM before draining"
     )
@@ -81,4 +96,6 @@ class Settings(BaseSettings):
             num_streams=self.num_streams,
             default_max_tokens_per_doc=self.max_tokens_per_doc,
             default_max_chunks_per_doc=self.max_chunks_per_doc,
+            latency_max_tokens=self.latency_max_tokens,
+            cache_dir=self.cache_dir,
         )

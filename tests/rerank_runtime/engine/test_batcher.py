@@ -37,9 +37,10 @@ def _documents(count: int, seed: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def loaded(minilm_repository: tuple[Path, str]) -> LoadedVersion:
-    """Version 1 of the MiniLM export, compiled in f32 with a small batch budget."""
+    """Version 1 of the MiniLM export, compiled in f32 with a small batch budget, without the latency path
+    (a small request on an idle engine would skip the batcher these tests are about)."""
     root, name = minilm_repository
-    options = EngineOptions(precision="f32", max_batch_tokens=1024, max_queue_rows=64)
+    options = EngineOptions(precision="f32", max_batch_tokens=1024, max_queue_rows=64, latency_max_tokens=0)
     return LoadedVersion(ModelRepository(root).get(name, 1), options)
 
 
