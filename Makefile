@@ -61,5 +61,22 @@ cluster-down: setup
 demo: setup
 	@bash hack/demo.sh
 
+# Every speed and memory figure into docs/benchmarks.md in one run (<= 20 min on 2 cores once the bench models
+# are cached under $(CACHE_DIR)/bench-models). BENCH_QUICK=1: the CI smoke (MiniLM only, tiny workloads).
+# Infinity, an anchor, lives in its own venv (hack/bench-venvs.sh); the full run installs it first.
+BENCH_OUT ?= docs
+OPERATOR_SCALE_MD := $(CACHE_DIR)/bench-operator-scale.md
+bench: setup
+	@set -e; args="--output-dir $(BENCH_OUT)"; \
+	if [ -n "$(BENCH_QUICK)" ]; then args="$$args --quick"; \
+	elif infinity=$$(bash hack/bench-venvs.sh); then args="$$args --infinity-bin $$infinity"; fi; \
+	if [ -z "$(BENCH_QUICK)" ] && [ -f tests/bench/operator_scale.py ]; then \
+	  rm -f $(OPERATOR_SCALE_MD); \
+	  $(BIN)/python -m tests.bench.operator_scale --markdown $(OPERATOR_SCALE_MD) || true; \
+	  if [ -f $(OPERATOR_SCALE_MD) ]; then args="$$args --include-markdown $(OPERATOR_SCALE_MD)"; fi; \
+	fi; \
+	echo "rerank-bench suite $$args"; \
+	$(BIN)/rerank-bench suite $$args
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

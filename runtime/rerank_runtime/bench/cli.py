@@ -4,6 +4,7 @@
         --batch-size 20 --requests 50 --request-rate inf
     rerank-bench compare --repository DIR --model NAME --hf-dir DIR [--infinity-bin PATH] \\
         [--write-markdown docs/benchmarks.md]
+    rerank-bench suite [--quick] [--output-dir docs] [--infinity-bin PATH]   (what `make bench` runs)
 """
 
 from __future__ import annotations
@@ -111,6 +112,10 @@ def _print_load_report(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `rerank-bench`."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "suite":
+        from rerank_runtime.bench import suite
+
+        return suite.main(argv[1:])
     if argv and argv[0] == "compare":
         args = _compare_parser().parse_args(argv[1:])
         result = run_comparison(

@@ -176,12 +176,13 @@ def start_rerank_serve(repository: Path, model: str, precision: str, extra: list
     return ServerProcess("rerank-serve", command, port, "/v2/health/ready")
 
 
-def start_infinity(binary: Path, hf_dir: Path, extra: list[str]) -> ServerProcess:
-    """`infinity_emb v2` (torch, CPU) serving `hf_dir` on a free loopback port, offline, without telemetry."""
+def start_infinity(binary: Path, hf_dir: Path, extra: list[str], engine: str = "torch") -> ServerProcess:
+    """`infinity_emb v2` (CPU, `engine` torch or optimum) serving `hf_dir` on a free loopback port, offline,
+    without telemetry."""
     port = _free_port()
     command = [
         str(binary), "v2", "--model-id", str(hf_dir), "--served-model-name", INFINITY_MODEL,
-        "--host", "127.0.0.1", "--port", str(port), "--url-prefix", "", "--engine", "torch",
+        "--host", "127.0.0.1", "--port", str(port), "--url-prefix", "", "--engine", engine,
         "--device", "cpu", "--log-level", "warning", *extra,
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}

@@ -261,12 +261,15 @@ def build_xlmr_cross_encoder(
     hidden_size: int = 128,
     attention_heads: int = 4,
     seed: int = 0,
+    vocab_size: int | None = None,
 ) -> Path:
     """Write an XLM-R-shaped cross-encoder (bge-reranker style) with seeded weights to ``dest``.
 
     The tokenizer is a freshly trained SentencePiece Unigram model saved the way XLM-R checkpoints ship it
     (``sentencepiece.bpe.model`` plus the fast ``tokenizer.json``), with XLM-R's fairseq id layout
-    (<s>=0, <pad>=1, </s>=2, <unk>=3, <mask> last).
+    (<s>=0, <pad>=1, </s>=2, <unk>=3, <mask> last). ``vocab_size`` (e.g. XLM-R's 250002) sizes the embedding
+    table like the real checkpoint's, so parameter count, file size and memory match; rows past the generated
+    tokenizer's vocabulary are never looked up.
     """
     import torch
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification, XLMRobertaTokenizer
@@ -277,7 +280,7 @@ def build_xlmr_cross_encoder(
         tokenizer = XLMRobertaTokenizer.from_pretrained(str(tmp))
         tokenizer.model_max_length = XLMR_MAX_POSITIONS - 2
         config = XLMRobertaConfig(
-            vocab_size=len(tokenizer),
+            vocab_size=max(len(tokenizer), vocab_size or 0),
             hidden_size=hidden_size,
             num_hidden_layers=layers,
             num_attention_heads=attention_heads,
