@@ -208,6 +208,8 @@ class LoadedVersion:
             if metrics is not None:
                 metrics.queue_depth.labels(**labels).set(depth)
 
+        # The gauge exists from the start: small requests on the latency path never queue a row.
+        on_depth(0)
         self._on_batch = on_batch
         self.batcher = Batcher(
             self.runner,
