@@ -14,6 +14,11 @@ Layout (one volume)::
 
 A version is exported into a staging folder on the same volume and published by renaming it to ``<N>``;
 a published version is never modified.  This module is the only code that knows the layout.
+
+Published folders and files are readable by group and others (folders 0755, files 0644 or wider) whatever
+the exporter's UID and umask: the runtime may run with another UID (RWX volumes where fsGroup is not applied,
+NFS, a changed runAsUser).  A version the reader still cannot read is reported by ``unreadable_versions``,
+never skipped silently.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
@@ -54,6 +60,10 @@ class VersionNotFoundError(RepositoryError):
 
 class ChecksumMismatchError(RepositoryError):
     """A file of a published version differs from its manifest (names the file)."""
+
+
+class VersionUnreadableError(RepositoryError):
+    """A published version exists but this process may not read it (permissions)."""
 
 
 class TokenizerInfo(pydantic.BaseModel):
@@ -126,10 +136,41 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _make_readable(root: Path) -> None:
+    """Add group/other read (and search, on folders) permission to ``root`` and everything below it."""
+    for path in [root, *root.rglob("*")]:
+        mode = path.lstat().st_mode
+        if stat.S_ISDIR(mode):
+            path.chmod(stat.S_IMODE(mode) | 0o055)
+        elif stat.S_ISREG(mode):
+            path.chmod(stat.S_IMODE(mode) | 0o044)
+
+
+def _mkdir_readable(path: Path) -> None:
+    """``mkdir -p`` whose new folders are group/other-searchable whatever the umask (existing ones stay)."""
+    missing: list[Path] = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    path.mkdir(parents=True, exist_ok=True)
+    for created in missing:
+        with contextlib.suppress(OSError):  # a concurrent creator owns it; its own call widens it
+            created.chmod(stat.S_IMODE(created.stat().st_mode) | 0o055)
+
+
+def _unreadable_message(path: Path, exc: OSError) -> str:
+    return (
+        f"cannot read {path} as uid {os.geteuid()} gid {os.getegid()} ({exc.strerror}); publish the "
+        "repository readable by group/others or run with the exporter's UID/fsGroup"
+    )
+
+
 def _write_json_atomic(path: Path, payload: object) -> None:
-    """Write JSON so readers see either the old or the new file, never a partial one."""
+    """Write JSON so readers see either the old or the new file, never a partial one (mode 0644)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600: unreadable for a runtime with another UID
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(payload, handle, indent=2, sort_keys=True)
             handle.write("\n")
@@ -171,9 +212,15 @@ def validate_served_name(name: str) -> str:
 
 
 def read_manifest(version_dir: Path) -> Manifest | None:
-    """The manifest of a version folder, or None when it is missing or invalid (folder is invisible)."""
+    """The manifest of a version folder, or None when it is missing or invalid (folder is invisible).
+
+    Raises VersionUnreadableError when the folder or manifest exists but permissions forbid reading it.
+    """
+    path = version_dir / MANIFEST_FILE
     try:
-        raw = (version_dir / MANIFEST_FILE).read_bytes()
+        raw = path.read_bytes()
+    except PermissionError as exc:
+        raise VersionUnreadableError(_unreadable_message(path, exc)) from exc
     except OSError:
         return None
     try:
@@ -223,7 +270,10 @@ class ModelRepository:
                 if child.startswith("."):
                     continue
                 if _version_number(child) is not None:
-                    has_version = has_version or read_manifest(here / child) is not None
+                    try:
+                        has_version = has_version or read_manifest(here / child) is not None
+                    except VersionUnreadableError:
+                        has_version = True  # served, so that the runtime reports the unreadable version
                 else:
                     descend.append(child)
             dirnames[:] = descend  # never walk into version or hidden folders
@@ -243,10 +293,30 @@ class ModelRepository:
             number = _version_number(entry.name)
             if number is None or not entry.is_dir(follow_symlinks=False):
                 continue
-            manifest = read_manifest(Path(entry.path))
+            try:
+                manifest = read_manifest(Path(entry.path))
+            except VersionUnreadableError:
+                continue  # listed by unreadable_versions
             if manifest is not None:
                 found.append(ModelVersion(name, number, Path(entry.path), manifest))
         return sorted(found, key=lambda v: v.number)
+
+    def unreadable_versions(self, name: str) -> dict[int, str]:
+        """Published versions of ``name`` this process may not read, with a message saying why."""
+        found: dict[int, str] = {}
+        try:
+            entries = list(os.scandir(self._model_dir(name)))
+        except FileNotFoundError:
+            return found
+        for entry in entries:
+            number = _version_number(entry.name)
+            if number is None or not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                read_manifest(Path(entry.path))
+            except VersionUnreadableError as exc:
+                found[number] = f"version {number}: {exc}"
+        return dict(sorted(found.items()))
 
     def get(self, name: str, number: int) -> ModelVersion:
         """The complete version ``number`` of ``name``; raises VersionNotFoundError."""
@@ -296,7 +366,7 @@ class ModelRepository:
 
     def _lock(self, name: str) -> _Lock:
         model_dir = self._model_dir(name)
-        model_dir.mkdir(parents=True, exist_ok=True)
+        _mkdir_readable(model_dir)
         return _Lock(model_dir / LOCK_FILE)
 
     def promote(self, name: str, number: int) -> None:
@@ -365,7 +435,7 @@ class ModelRepository:
         live export from one whose process died.
         """
         model_dir = self._model_dir(name)
-        model_dir.mkdir(parents=True, exist_ok=True)
+        _mkdir_readable(model_dir)
         while True:
             path = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=model_dir))
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -407,6 +477,7 @@ class ModelRepository:
             raise RepositoryError(f"{staging_dir} is empty; nothing to publish")
         final_manifest = manifest.model_copy(update={"files": files})
         _write_json_atomic(staging_dir / MANIFEST_FILE, json.loads(final_manifest.model_dump_json()))
+        _make_readable(staging_dir)  # mkdtemp made it 0700; the runtime may run with another UID
         with self._lock(name):
             existing = self.find_by_export_hash(name, manifest.export_hash)
             if existing is not None:

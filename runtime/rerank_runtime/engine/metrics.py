@@ -68,6 +68,12 @@ class RuntimeMetrics:
         self.swaps = Counter(
             "rerank_model_swaps", "Hot swaps from one served model version to another", ["model"], registry=r
         )
+        self.unreadable_versions = Gauge(
+            "rerank_model_versions_unreadable",
+            "Published versions this server may not read (permissions); see /v2/models/{name}",
+            ["model"],
+            registry=r,
+        )
         self.rejected = Counter(
             "rerank_rejected_requests",
             "Requests refused (429) or failed in the queue (503): reason budget, queue, inflight or deadline",

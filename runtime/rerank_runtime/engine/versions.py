@@ -397,6 +397,8 @@ class VersionWatcher:
 
     The target is the `current` pointer's version when one exists, else the highest complete version; a
     version that failed to load is skipped (and reported) while the version already serving stays in place.
+    A published version this process may not read is reported the same way (log, metrics, FAILED state in
+    `/v2/models/{name}`) and becomes a candidate again once it is readable.
     """
 
     def __init__(
@@ -441,18 +443,33 @@ class VersionWatcher:
                     self.metrics.served_version.labels(name).set(0)
             await self._reconcile(model)
 
-    def _candidates(self, name: str) -> list[ModelVersion]:
+    def _candidates(self, name: str) -> tuple[list[ModelVersion], dict[int, str]]:
+        unreadable = self.repository.unreadable_versions(name)
         pinned = self.repository.current_pointer(name)
         if pinned is not None:
-            return [self.repository.get(name, pinned)]
-        return list(reversed(self.repository.versions(name)))
+            return ([] if pinned in unreadable else [self.repository.get(name, pinned)]), unreadable
+        return list(reversed(self.repository.versions(name))), unreadable
+
+    def _report_unreadable(self, model: ServedModel, unreadable: dict[int, str]) -> None:
+        for number, message in unreadable.items():
+            known = model.statuses.get(number)
+            if known is not None and known.state is VersionState.FAILED and known.error == message:
+                continue  # reported already; one log line per version, not one per poll
+            logger.error("model %s: %s", model.name, message)
+            model.last_load_error = message
+            model.set_state(number, VersionState.FAILED, message)
+            if self.metrics is not None:
+                self.metrics.load_failures.labels(model.name, str(number)).inc()
+        if self.metrics is not None:
+            self.metrics.unreadable_versions.labels(model.name).set(len(unreadable))
 
     async def _reconcile(self, model: ServedModel) -> None:
         try:
-            candidates = await asyncio.to_thread(self._candidates, model.name)
+            candidates, unreadable = await asyncio.to_thread(self._candidates, model.name)
         except RepositoryError as exc:
             model.last_load_error = str(exc)
             return
+        self._report_unreadable(model, unreadable)
         for candidate in candidates:
             if model.current is not None and candidate.number == model.current.number:
                 return
