@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: setup lint format test test-unit test-cluster test-node control-plane node gitops cluster-up cluster-down demo bench clean
+.PHONY: setup lint format test test-unit test-cluster test-node test-images control-plane node gitops images constraints cluster-up cluster-down demo bench clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	@bash hack/actionlint.sh
 
 format: setup
 	$(BIN)/ruff check --fix .
@@ -39,11 +40,24 @@ node:
 gitops:
 	@bash hack/gitops.sh build
 
+# rerank-runtime, rerank-export, rerank-operator from the Dockerfiles (buildah; cached by input hash, see the README).
+images:
+	@bash hack/images.sh build
+
+# Exact versions the images install: a freeze of the development venv (run after changing pyproject.toml).
+constraints: setup
+	@{ echo "# Exact versions every image installs (pip -c): two builds of one commit get the same packages."; \
+	   echo "# Refresh: make constraints (a pip freeze of the development venv after make setup)."; \
+	   $(BIN)/pip freeze --all --exclude-editable | grep -v -i '^rerank-operator=='; } > constraints.txt
+
 test: setup lint control-plane node gitops
 	$(BIN)/pytest
 
 test-unit: setup
 	$(BIN)/pytest -m 'not cluster and not e2e and not node'
+
+test-images: setup
+	$(BIN)/pytest tests/images
 
 test-cluster: setup control-plane gitops
 	$(BIN)/pytest -m 'cluster or e2e'

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.support.cluster_fixtures",
     "tests.support.model_fixtures",
     "tests.support.node_fixtures",
+    "tests.support.images",
 ]

@@ -19,11 +19,12 @@ class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RERANK_OPERATOR_", frozen=True, extra="ignore")
 
     runtime_image: str = Field(
-        default="rerank-runtime:0.1.0", description="Runtime image used when spec.runtime.image is unset."
+        default="ghcr.io/rerank-operator/rerank-runtime:0.1.0",
+        description="Runtime image used when spec.runtime.image is unset.",
     )
     # The runtime image carries no torch/optimum (the `runtime` extra); export Jobs need the `export` extra.
     export_image: str = Field(
-        default="rerank-export:0.1.0",
+        default="ghcr.io/rerank-operator/rerank-export:0.1.0",
         description="Image of export and promote Jobs when spec.export.image is unset (Dockerfile.runtime "
         "built with EXTRAS=runtime,export).",
     )

@@ -218,8 +218,16 @@ def test_jobs_use_the_export_image_and_pods_the_runtime_image(
     spec = make_spec()
     export = _pod(builders.build_export_job(model, spec, settings, "0123456789abcdef", promote=True))
     deployment = _pod(builders.build_deployment(model, spec, settings))
-    assert export["containers"][0]["image"] == settings.export_image == "rerank-export:0.1.0"
-    assert deployment["containers"][0]["image"] == settings.runtime_image == "rerank-runtime:0.1.0"
+    assert (
+        export["containers"][0]["image"]
+        == settings.export_image
+        == "ghcr.io/rerank-operator/rerank-export:0.1.0"
+    )
+    assert (
+        deployment["containers"][0]["image"]
+        == settings.runtime_image
+        == "ghcr.io/rerank-operator/rerank-runtime:0.1.0"
+    )
 
     chosen = make_spec(
         export={"image": "registry.example/export:1"}, runtime={"image": "registry.example/rt:1"}

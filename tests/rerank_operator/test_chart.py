@@ -204,3 +204,24 @@ def test_crd_is_a_kept_template_equal_to_the_source(helm: str) -> None:
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert not (CHART / "crds").exists(), "Helm would install crds/ once and never upgrade it"
     assert not _kind(_template(helm, "--set", "crds.install=false"), "CustomResourceDefinition")
+
+
+def test_default_images_are_where_the_release_workflow_publishes(helm: str) -> None:
+    from rerank_operator.settings import OperatorSettings
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    workflow = yaml.safe_load((CHART.parents[1] / ".github" / "workflows" / "release.yml").read_text())
+    published = {entry["image"] for entry in workflow["jobs"]["images"]["strategy"]["matrix"]["include"]}
+    assert published == {"rerank-runtime", "rerank-export", "rerank-operator"}
+    owner = "rerank-operator"  # github.repository_owner of the project's home, lower-cased by the workflow
+    expected = {name: f"ghcr.io/{owner}/{name}:{chart['appVersion']}" for name in published}
+
+    deployment = _kind(_template(helm), "Deployment")[0]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert container["image"] == expected["rerank-operator"]
+    assert env["RERANK_OPERATOR_RUNTIME_IMAGE"] == expected["rerank-runtime"]
+    assert env["RERANK_OPERATOR_EXPORT_IMAGE"] == expected["rerank-export"]
+    settings = OperatorSettings()
+    assert settings.runtime_image == expected["rerank-runtime"]
+    assert settings.export_image == expected["rerank-export"]
