@@ -150,7 +150,7 @@ inputs_hash() {
     printf '%s\n' "$name" "$@"
     declare -f build_one
     # The files the Dockerfiles copy, as they are in the work tree (uncommitted edits included).
-    find "$(image_dockerfile "$name")" pyproject.toml README.md constraints.txt .dockerignore operator runtime -type f \
+    find "$(image_dockerfile "$name")" pyproject.toml constraints.txt .dockerignore operator runtime -type f \
       -not -path '*/__pycache__/*' -not -name '*.pyc' 2>/dev/null | LC_ALL=C sort | xargs sha256sum
   ) | sha256sum | cut -c1-16
 }
