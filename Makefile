@@ -50,7 +50,7 @@ constraints: setup
 	   echo "# Refresh: make constraints (a pip freeze of the development venv after make setup)."; \
 	   $(BIN)/pip freeze --all --exclude-editable | grep -v -i '^rerank-operator=='; } > constraints.txt
 
-test: setup lint control-plane node gitops
+test: setup lint control-plane node gitops images
 	$(BIN)/pytest
 
 test-unit: setup

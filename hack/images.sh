@@ -10,6 +10,7 @@
 #   hack/images.sh podman ...  -> podman with the project's image store and settings (tests, people)
 #   hack/images.sh deps        -> installs podman, buildah, runc, debootstrap from Debian packages when missing
 #   hack/images.sh env         -> prints the CONTAINERS_* variables that select the private store (eval-able)
+#   hack/images.sh prune       -> removes images no tag refers to and leftovers of interrupted builds
 #
 # Settings (environment):
 #   IMAGE_PREFIX      registry/owner of the references (default ghcr.io/rerank-operator, where release.yml publishes)
@@ -56,7 +57,7 @@ deps() {
 # Private configuration: runc (crun fails on hybrid cgroups here), ulimits within the host's hard limits, overlay
 # storage under the cache. Selected by environment variables, so the host's global files stay as they are.
 configure() {
-  mkdir -p "$CONF_DIR" "$LOG_DIR" "$STORE/storage" "$STORE/run" "$STORE/tmp"
+  mkdir -p "$CONF_DIR" "$LOG_DIR" "$STORE/storage" "$STORE/run" "$STORE/tmp" "$STORE/build-tmp"
   local nofile; nofile=$(ulimit -Hn); [ "$nofile" = unlimited ] && nofile=1048576
   local nproc; nproc=$(ulimit -Hu); { [ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ]; } && nproc=32768
   cat >"$CONF_DIR/containers.conf.tmp" <<EOF
@@ -84,7 +85,7 @@ EOF
   export CONTAINERS_CONF="$CONF_DIR/containers.conf"
   export CONTAINERS_STORAGE_CONF="$CONF_DIR/storage.conf"
   export CONTAINERS_REGISTRIES_CONF="$CONF_DIR/registries.conf"
-  export TMPDIR="$STORE/tmp"
+  export TMPDIR="$STORE/build-tmp"
   # pip inside RUN steps must trust what the host trusts (an intercepting proxy's CA, for example); the bundle is
   # mounted for RUN steps only and named by a pip.conf that is mounted the same way: nothing of it stays in an image.
   BUILD_MOUNTS=()
@@ -172,7 +173,7 @@ build_one() {
       revision="$revision-dirty"
     say "building rerank-$name (inputs $key) from $(image_dockerfile "$name") on $base"
     local start; start=$(date +%s)
-    ( cd "$ROOT" && buildah bud --isolation chroot --network host --layers --pull-never --format oci \
+    ( cd "$ROOT" && buildah bud --isolation chroot --network host --layers --force-rm --pull-never --format oci \
         "${BUILD_MOUNTS[@]}" "${args[@]}" \
         --build-arg "VERSION=$IMAGE_TAG" --build-arg "REVISION=$revision" \
         -f "$(image_dockerfile "$name")" -t "$cached" . ) >"$LOG_DIR/build-$name.log" 2>&1 ||
@@ -190,12 +191,26 @@ untag_stale() {
     grep ':in-' | grep -v -x -F "$2" | xargs -r podman rmi -f >/dev/null 2>&1 || true
 }
 
+# Leftovers of interrupted builds (working containers, temporary files) and images no tag refers to any more.
+# Dangling images include buildah's layer cache: the next change then rebuilds the dependency layers.
+prune() {
+  buildah rm --all >/dev/null 2>&1 || true
+  rm -rf "${STORE:?}/build-tmp/"*
+  podman image prune -f >/dev/null 2>&1 || true
+}
+
 build() {
   deps
   configure
   mkdir -p "$STORE"
   exec 8>"$STORE/build.lock"
   if ! flock -n 8; then say "another image build is running; waiting for it"; flock 8; fi
+  rm -rf "${STORE:?}/build-tmp/"*  # this lock's holder is the only builder
+  # The export image needs ~15 GB while it builds; below 20 GB free, drop what no image uses first.
+  if [ "$(df -Pk "$STORE" | awk 'NR==2{print $4}')" -lt $((20 * 1024 * 1024)) ]; then
+    say "less than 20 GB free under $STORE; removing unused images and build leftovers"
+    prune
+  fi
   local base; base=$(resolve_base)
   local torch_index=""
   case " $IMAGES " in *" export "*) torch_index=$(resolve_torch_index) ;; esac
@@ -228,5 +243,6 @@ case "${1:-build}" in
   build) build ;;
   save) shift; save "$@" ;;
   podman) shift; deps; configure; exec podman "$@" ;;
-  *) die "usage: $0 build|refs|save DIR|podman ARGS|deps|env" ;;
+  prune) deps; configure; exec 8>"$STORE/build.lock"; flock 8; prune ;;
+  *) die "usage: $0 build|refs|save DIR|podman ARGS|prune|deps|env" ;;
 esac
