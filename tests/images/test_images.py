@@ -25,8 +25,8 @@ from tests.rerank_runtime.server.conftest import server_settings
 from tests.rerank_runtime.server.live_server import free_port, live_server
 from tests.support.images import ROOT, inspect, podman
 
-# A cold build of the three images takes up to ~30 min here (the export image downloads torch and CUDA wheels);
-# `make test` builds them before pytest (`make images`), so within the tests the fixture only re-tags.
+# A cold build of the three images takes up to ~30 min here (the export image downloads torch and CUDA
+# wheels); `make test` builds them before pytest (`make images`), so here the fixture only re-tags.
 pytestmark = [pytest.mark.node, pytest.mark.timeout(3600)]
 
 RESTRICTED = [
