@@ -27,6 +27,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.rerank_operator.cluster.rbac_audit import install_operator_identity, remove_cluster_objects
 from tests.rerank_operator.cluster.test_lifecycle import (
     HUB_REPO,
     OPERATOR_ENV,
@@ -410,27 +411,40 @@ class GitOps:
 
 @pytest.fixture
 def gitops_cluster(
+    control_plane: ControlPlane,
     kube_rest: KubeRest,
     namespace: str,
     rerankmodel_crd: str,
     process_kubelet: ProcessKubelet,
     fake_hub: FakeHub,
     run_operator: RunOperator,
-) -> Cluster:
-    """The lifecycle tier's cluster: the CRD, pods that reach the fake hub, and the operator."""
+    tmp_path: Path,
+) -> Iterator[Cluster]:
+    """The lifecycle tier's cluster: the CRD, pods that reach the fake hub, and the operator running as the
+    chart's ServiceAccount with the chart's (namespaced) RBAC."""
     process_kubelet.extra_env["HF_ENDPOINT"] = fake_hub.endpoint
     process_kubelet.extra_env["HF_HUB_DISABLE_XET"] = "1"
+    identity = install_operator_identity(
+        kube_rest, namespace, control_plane.server, control_plane.ca_cert, tmp_path / "operator.kubeconfig"
+    )
 
     def start() -> OperatorProcess:
         liveness = f"http://127.0.0.1:{free_loopback_port()}/healthz"
-        env = {**OPERATOR_ENV, "RERANK_OPERATOR_LIVENESS_ENDPOINT": liveness}
+        env = {
+            **OPERATOR_ENV,
+            "RERANK_OPERATOR_LIVENESS_ENDPOINT": liveness,
+            "KUBECONFIG": str(identity.kubeconfig),
+        }
         operator = run_operator("--standalone", f"--namespace={namespace}", env=env)
         wait_for(
             "the operator's liveness endpoint", lambda: httpx.get(liveness, timeout=1).status_code == 200, 30
         )
         return operator
 
-    return Cluster(kube_rest, namespace, process_kubelet, start)
+    try:
+        yield Cluster(kube_rest, namespace, process_kubelet, start, identity, control_plane.audit_log)
+    finally:
+        remove_cluster_objects(kube_rest, identity)
 
 
 @pytest.fixture
