@@ -180,7 +180,7 @@ def test_sigterm_interrupted_export_cleans_up(fake_hub: FakeHub, xlmr_hf_dir: Pa
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     result = CliResult(proc.returncode, stdout, stderr, log.read_text())
-    assert_failed_cleanly(result, root, "export interrupted by SIGTERM; nothing was published")
+    assert_failed_cleanly(result, root, "export interrupted by SIGTERM; nothing was published", 75)
     assert not staging.exists()
 
 
