@@ -27,17 +27,15 @@ import httpx
 import pytest
 import yaml
 
-from tests.rerank_operator.cluster.rbac_audit import install_operator_identity, remove_cluster_objects
 from tests.rerank_operator.cluster.test_lifecycle import (
     HUB_REPO,
-    OPERATOR_ENV,
     Cluster,
     job_complete,
     model_body,
-    wait_for,
+    operator_cluster,
 )
-from tests.support.cluster_fixtures import OperatorProcess, RunOperator
-from tests.support.controlplane import ControlPlane, free_loopback_port, register_cleanup, unregister_cleanup
+from tests.support.cluster_fixtures import RunOperator
+from tests.support.controlplane import ControlPlane, register_cleanup, unregister_cleanup
 from tests.support.fake_hub import FakeHub
 from tests.support.gitops import FluxControllers, GitServer, GitWorkTree, crd_files, ensure_gitops_binaries
 from tests.support.kubelet import KubeApiError, KubeRest, ProcessKubelet
@@ -420,31 +418,12 @@ def gitops_cluster(
     run_operator: RunOperator,
     tmp_path: Path,
 ) -> Iterator[Cluster]:
-    """The lifecycle tier's cluster: the CRD, pods that reach the fake hub, and the operator running as the
-    chart's ServiceAccount with the chart's (namespaced) RBAC."""
-    process_kubelet.extra_env["HF_ENDPOINT"] = fake_hub.endpoint
-    process_kubelet.extra_env["HF_HUB_DISABLE_XET"] = "1"
-    identity = install_operator_identity(
-        kube_rest, namespace, control_plane.server, control_plane.ca_cert, tmp_path / "operator.kubeconfig"
-    )
-
-    def start() -> OperatorProcess:
-        liveness = f"http://127.0.0.1:{free_loopback_port()}/healthz"
-        env = {
-            **OPERATOR_ENV,
-            "RERANK_OPERATOR_LIVENESS_ENDPOINT": liveness,
-            "KUBECONFIG": str(identity.kubeconfig),
-        }
-        operator = run_operator("--standalone", f"--namespace={namespace}", env=env)
-        wait_for(
-            "the operator's liveness endpoint", lambda: httpx.get(liveness, timeout=1).status_code == 200, 30
-        )
-        return operator
-
-    try:
-        yield Cluster(kube_rest, namespace, process_kubelet, start, identity, control_plane.audit_log)
-    finally:
-        remove_cluster_objects(kube_rest, identity)
+    """The lifecycle tier's cluster: the CRD, pods that reach the fake hub, the operator as the chart's
+    ServiceAccount."""
+    with operator_cluster(
+        control_plane, kube_rest, namespace, process_kubelet, fake_hub, run_operator, tmp_path
+    ) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ kubectl: objects, phases, versions, Jobs and Events.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import threading
@@ -205,19 +206,18 @@ def job_complete(job: dict[str, Any]) -> bool:
     )
 
 
-@pytest.fixture
-def cluster(
+@contextlib.contextmanager
+def operator_cluster(
     control_plane: ControlPlane,
     kube_rest: KubeRest,
     namespace: str,
-    rerankmodel_crd: str,
     process_kubelet: ProcessKubelet,
     fake_hub: FakeHub,
     run_operator: RunOperator,
     tmp_path: Path,
 ) -> Iterator[Cluster]:
-    """The CRD, a process kubelet whose pods reach the fake hub, and a way to start the operator as the
-    chart's ServiceAccount with the chart's (namespaced) RBAC."""
+    """A process kubelet whose pods reach the fake hub, and a way to start the operator as the chart's
+    ServiceAccount with the chart's (namespaced) RBAC; the RBAC objects are removed on exit."""
     process_kubelet.extra_env["HF_ENDPOINT"] = fake_hub.endpoint
     process_kubelet.extra_env["HF_HUB_DISABLE_XET"] = "1"
     identity = install_operator_identity(
@@ -241,6 +241,24 @@ def cluster(
         yield Cluster(kube_rest, namespace, process_kubelet, start, identity, control_plane.audit_log)
     finally:
         remove_cluster_objects(kube_rest, identity)
+
+
+@pytest.fixture
+def cluster(
+    control_plane: ControlPlane,
+    kube_rest: KubeRest,
+    namespace: str,
+    rerankmodel_crd: str,
+    process_kubelet: ProcessKubelet,
+    fake_hub: FakeHub,
+    run_operator: RunOperator,
+    tmp_path: Path,
+) -> Iterator[Cluster]:
+    """The CRD and `operator_cluster`."""
+    with operator_cluster(
+        control_plane, kube_rest, namespace, process_kubelet, fake_hub, run_operator, tmp_path
+    ) as cluster:
+        yield cluster
 
 
 def model_body(name: str, **spec: Any) -> dict[str, Any]:
